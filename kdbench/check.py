@@ -1,0 +1,125 @@
+"""Regression check: recorded results against reported numbers and smoke references.
+
+* paper-scale presets (those with ``reported_source``): the mean over seeds of the statistic the
+  paper reports must be at most ``tolerance`` points (paper.yaml, default 1.0) below the reported
+  number; a pair with no recorded run is listed as "not run", never as a pass;
+* smoke presets: each recorded smoke result must lie within ``smoke_tolerance`` points of the
+  reference blessed into ``reproductions/<paper>/smoke_reference.json``;
+* any record whose dataset or epochs disagree with its preset is invalid (a smoke-sized or
+  synthetic-data run can never pass as a paper-scale result).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from tabulate import tabulate
+
+from . import results
+from .checkpoint import atomic_write_json
+from .config import resolve
+from .registry import Paper, get_paper, normalise_dataset, papers
+
+SMOKE_REFERENCE = "smoke_reference.json"
+
+
+def group_records(records: list[dict]) -> dict[tuple, list[dict]]:
+    out = defaultdict(list)
+    for r in records:
+        out[(r["paper"], r["preset"], r["pair"])].append(r)
+    return out
+
+
+def record_problem(paper: Paper, rec: dict) -> str | None:
+    """Why a record cannot stand for its preset, or None."""
+    if rec["preset"] not in paper.presets:
+        return f"unknown preset {rec['preset']!r}"
+    preset = paper.preset(rec["preset"])
+    if normalise_dataset(rec["dataset"]) != normalise_dataset(preset["dataset"]):
+        return f"dataset {rec['dataset']} is not the preset's {preset['dataset']}"
+    if rec["pair"] not in preset["pairs"]:
+        return f"pair {rec['pair']!r} is not in preset {rec['preset']!r}"
+    expected = resolve(paper.id, paper.spec, rec["preset"], rec["pair"], rec["seed"]).train.epochs
+    if rec["epochs"] != expected:
+        return f"{rec['epochs']} epochs, the preset trains {expected}"
+    return None
+
+
+def evaluate(records: list[dict], paper_ids=None) -> list[dict]:
+    rows = []
+    groups = group_records(records)
+    for paper in papers().values():
+        if paper_ids and paper.id not in paper_ids:
+            continue
+        ref_path = paper.folder / SMOKE_REFERENCE
+        smoke_refs = json.loads(ref_path.read_text()) if ref_path.exists() else {}
+        for preset in paper.presets:
+            targets = paper.targets(preset)
+            for pair in paper.pairs(preset):
+                recs = groups.get((paper.id, preset, pair), [])
+                bad = [(r, record_problem(paper, r)) for r in recs]
+                bad = [(r, why) for r, why in bad if why]
+                base = {"paper": paper.id, "preset": preset, "pair": pair}
+                if bad:
+                    rows.append({**base, "status": "FAIL", "detail": f"invalid record {bad[0][0]['_path']}: {bad[0][1]}"})
+                    continue
+                if pair in targets:
+                    target = targets[pair]
+                    if not recs:
+                        rows.append({**base, "status": "not run", "detail": f"reported {target.top1:.2f} ({target.source})"})
+                        continue
+                    values = [r["reported_top1"] for r in recs]
+                    mean = statistics.fmean(values)
+                    ok = mean >= target.top1 - paper.tolerance
+                    rows.append({**base, "status": "ok" if ok else "FAIL",
+                                 "detail": f"mean {mean:.2f} of {len(values)} seed(s) vs reported {target.top1:.2f} "
+                                           f"(tolerance {paper.tolerance:.1f} below; {target.source})"})
+                elif pair in smoke_refs.get(preset, {}):
+                    refs = smoke_refs[preset][pair]
+                    if not recs:
+                        rows.append({**base, "status": "not run", "detail": "smoke reference exists, no record"})
+                    for r in recs:
+                        ref = refs.get(str(r["seed"]))
+                        if ref is None:
+                            rows.append({**base, "status": "no reference", "detail": f"seed {r['seed']}"})
+                            continue
+                        diff = r["best_top1"] - ref["best_top1"]
+                        ok = abs(diff) <= paper.smoke_tolerance
+                        rows.append({**base, "status": "ok" if ok else "FAIL",
+                                     "detail": f"seed {r['seed']}: best {r['best_top1']:.2f} vs smoke reference "
+                                               f"{ref['best_top1']:.2f} (±{paper.smoke_tolerance:.1f})"})
+    return rows
+
+
+def run_check(results_dir: Path | None = None, papers=None, out=sys.stdout) -> int:
+    rows = evaluate(results.load_all(results_dir), papers)
+    print(tabulate([[r["status"], r["paper"], r["preset"], r["pair"], r["detail"]] for r in rows],
+                   headers=["status", "paper", "preset", "pair", "detail"], tablefmt="github"), file=out)
+    failed = [r for r in rows if r["status"] == "FAIL"]
+    counts = defaultdict(int)
+    for r in rows:
+        counts[r["status"]] += 1
+    print("summary: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())), file=out)
+    for r in failed:
+        print(f"FAIL {r['paper']}/{r['preset']}/{r['pair']}: {r['detail']}", file=out)
+    return 1 if failed else 0
+
+
+def bless_smoke(results_dir: Path | None = None, papers=None) -> list[Path]:
+    """Store the recorded smoke-preset results as each paper's smoke reference."""
+    written = []
+    by_paper = defaultdict(dict)
+    for r in results.load_all(results_dir):
+        paper = get_paper(r["paper"])
+        if paper.targets(r["preset"]) or (papers and r["paper"] not in papers) or record_problem(paper, r):
+            continue
+        by_paper[r["paper"]].setdefault(r["preset"], {}).setdefault(r["pair"], {})[str(r["seed"])] = {
+            k: r[k] for k in ("best_top1", "last_top1", "git_commit", "device", "torch", "dataset", "epochs")}
+    for paper_id, refs in sorted(by_paper.items()):
+        path = get_paper(paper_id).folder / SMOKE_REFERENCE
+        atomic_write_json(refs, path)
+        written.append(path)
+    return written

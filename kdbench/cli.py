@@ -1,0 +1,155 @@
+"""``kdbench list | reproduce | leaderboard | check | bench | teachers`` (the Makefile wraps these)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import UsageError
+
+
+def _list(args) -> int:
+    from .registry import papers
+    rows = [p.summary() for p in papers().values()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        print(f"{r['paper']:<10} {r['title']} (arXiv {r['arxiv'] or '-'})")
+        print(f"{'':<10} presets: {', '.join(r['presets'])}; pairs: {', '.join(r['pairs'])}")
+    return 0
+
+
+def _reproduce(args) -> int:
+    from .config import parse_overrides
+    from .registry import get_paper
+    from .reproduce import pick_device, plan, run_one
+    paper = get_paper(args.paper)
+    preset = args.preset
+    paper.preset(preset)
+    if args.pair in (None, ""):
+        pairs = [paper.default_pair(preset)]
+    elif args.pair == "all":
+        pairs = paper.pairs(preset)
+    else:
+        pairs = args.pair.split(",")
+    if args.seed is not None:
+        seeds = [int(s) for s in str(args.seed).split(",")]
+    else:
+        if args.seeds < 1:
+            raise UsageError("--seeds must be at least 1")
+        seeds = list(range(args.seeds))
+    configs = plan(paper, preset, pairs, seeds, parse_overrides(args.set))
+    if args.dry_run:
+        print(json.dumps([c.to_dict() for c in configs], indent=2))
+        return 0
+    device = pick_device(args.device)
+    records = [run_one(paper, cfg, device=device, resume=args.resume, latency_iters=args.latency_iters,
+                       results_dir=Path(args.results_dir) if args.results_dir else None) for cfg in configs]
+    print(json.dumps([{k: r[k] for k in ("paper", "preset", "pair", "seed", "best_top1", "best_epoch",
+                                         "last_top1", "wall_time_s")} for r in records], indent=2))
+    return 0
+
+
+def _leaderboard(args) -> int:
+    from .leaderboard import build
+    out = build(results_dir=Path(args.results_dir) if args.results_dir else None, out_dir=Path(args.out))
+    print(f"wrote {out}")
+    return 0
+
+
+def _check(args) -> int:
+    from .check import bless_smoke, run_check
+    results_dir = Path(args.results_dir) if args.results_dir else None
+    if args.bless_smoke:
+        for path in bless_smoke(results_dir, papers=args.paper):
+            print(f"wrote {path}")
+        return 0
+    return run_check(results_dir, papers=args.paper)
+
+
+def _bench(args) -> int:
+    from .bench import bench
+    bench(pair=args.pair, batch_size=args.batch_size, steps=args.steps, device=args.device, as_json=args.json,
+          amp=args.amp, channels_last=args.channels_last)
+    return 0
+
+
+def _profile(args) -> int:
+    from .profiles import record_profiles
+    print(f"wrote {record_profiles(args.models or None, device=args.device, iters=args.iters)}")
+    return 0
+
+
+def _teachers(args) -> int:
+    from .teachers_train import train_and_install
+    for model in args.models:
+        print(f"installed {train_and_install(model, preset=args.preset, device=args.device)}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="kdbench", description="Reproduce knowledge-distillation papers.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("list", help="papers, presets and pairs")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_list)
+    p = sub.add_parser("reproduce", help="train a paper's recipe and record the result")
+    p.add_argument("paper")
+    p.add_argument("--preset", default="paper")
+    p.add_argument("--pair", default=None, help="teacher-student, comma-separated, or 'all' (default: the preset's default pair)")
+    p.add_argument("--seeds", type=int, default=1, help="run seeds 0..N-1")
+    p.add_argument("--seed", default=None, help="explicit seed(s), comma-separated")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=10")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved configs and exit")
+    p.add_argument("--results-dir", default=None)
+    p.add_argument("--latency-iters", type=int, default=50)
+    p.set_defaults(func=_reproduce)
+    p = sub.add_parser("leaderboard", help="regenerate leaderboard/README.md and plots")
+    p.add_argument("--results-dir", default=None)
+    p.add_argument("--out", default="leaderboard")
+    p.set_defaults(func=_leaderboard)
+    p = sub.add_parser("check", help="compare recorded results with reported numbers and smoke references")
+    p.add_argument("--results-dir", default=None)
+    p.add_argument("--paper", action="append", default=None)
+    p.add_argument("--bless-smoke", action="store_true", help="store the recorded smoke results as references")
+    p.set_defaults(func=_check)
+    p = sub.add_parser("bench", help="images/s of the KD training step")
+    p.add_argument("--pair", default="resnet32x4-resnet8x4")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--device", default=None)
+    p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto")
+    p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_bench)
+    p = sub.add_parser("profile", help="record params, MACs and latency of zoo models on this device")
+    p.add_argument("models", nargs="*")
+    p.add_argument("--device", default=None)
+    p.add_argument("--iters", type=int, default=30)
+    p.set_defaults(func=_profile)
+    p = sub.add_parser("teachers", help="train teachers with the paper recipe and install them")
+    p.add_argument("models", nargs="+")
+    p.add_argument("--preset", default="paper")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_teachers)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(f"kdbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyError as exc:  # unknown model / dataset names raised by the zoo and data layers
+        print(f"kdbench: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

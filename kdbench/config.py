@@ -1,0 +1,181 @@
+"""Run configuration: one schema, strict keys, resolved in one place.
+
+A paper's ``paper.yaml`` holds defaults, presets and per-pair overrides; the
+resolved configuration of one run is ``defaults <- preset <- pair <- --set``.
+Keeping one file per paper (instead of one copied file per pair) means a
+setting such as weight decay cannot silently fall back to a code default in a
+single pair's file; ``kdbench reproduce --dry-run`` prints every resolved
+config. Unknown keys are errors, never ignored.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import yaml
+
+from .errors import UsageError
+
+
+@dataclass
+class TrainConfig:
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    momentum: float = 0.9
+    nesterov: bool = False
+    milestones: list[int] = field(default_factory=list)  # lr *= gamma when epoch > m (1-based)
+    gamma: float = 0.1
+    warmup_epochs: int = 0  # linear lr warm-up from 0 over these epochs (0 = none)
+    test_batch_size: int = 256
+    amp: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | bf16 | off
+    channels_last: str = "auto"  # auto (on CUDA) | on | off
+    eval_every: int = 1
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate of 1-based ``epoch`` (the official ``epoch > milestone`` rule)."""
+        lr = self.lr * self.gamma ** sum(epoch > m for m in self.milestones)
+        if self.warmup_epochs and epoch <= self.warmup_epochs:
+            lr *= epoch / self.warmup_epochs
+        return lr
+
+
+@dataclass
+class StageConfig:
+    """An extra training stage that runs before the main one (e.g. AB/FT/FSP init)."""
+
+    name: str
+    train: TrainConfig
+
+
+@dataclass
+class RunConfig:
+    paper: str
+    preset: str
+    pair: str
+    dataset: str
+    student: str
+    teacher: str | None
+    teacher_source: str  # published | train | none
+    method: dict
+    train: TrainConfig
+    stages: list[StageConfig] = field(default_factory=list)
+    teacher_train: TrainConfig | None = None  # recipe when teacher_source == "train"
+    seed: int = 0
+    statistic: str = "best"  # which top-1 the paper reports: best | last
+    data_subset: dict | None = None  # synthetic-size options for smoke presets
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
+PRESET_KEYS = {"dataset", "reported_source", "reported_method", "teacher_source", "seeds", "default_pair", "pairs", "train", "method",
+               "stages", "teacher_train", "description", "data_subset"}
+PAIR_KEYS = {"teacher", "student", "train", "method", "teacher_train"}
+AMP_CHOICES = {"auto", "bf16", "off"}
+TEACHER_SOURCES = {"published", "train", "none"}
+
+
+def _strict(where: str, got: dict, allowed: set) -> None:
+    if not isinstance(got, dict):
+        raise UsageError(f"malformed config: {where} must be a mapping, got {type(got).__name__}")
+    unknown = set(got) - allowed
+    if unknown:
+        raise UsageError(f"malformed config: unknown key(s) {sorted(unknown)} in {where}; "
+                         f"valid: {', '.join(sorted(allowed))}")
+
+
+def merge(base: dict, *overrides: dict) -> dict:
+    """Deep merge of plain dicts; later wins; lists are replaced, not merged."""
+    out = copy.deepcopy(base)
+    for over in overrides:
+        for key, value in (over or {}).items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = merge(out[key], value)
+            else:
+                out[key] = copy.deepcopy(value)
+    return out
+
+
+def make_train(where: str, raw: dict) -> TrainConfig:
+    _strict(where, raw, TRAIN_KEYS)
+    required = {f.name for f in dataclasses.fields(TrainConfig)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    missing = required - set(raw)
+    if missing:
+        raise UsageError(f"malformed config: {where} lacks {sorted(missing)}")
+    cfg = TrainConfig(**raw)
+    if cfg.amp not in AMP_CHOICES:
+        raise UsageError(f"malformed config: {where}.amp={cfg.amp!r}; choose from: {', '.join(sorted(AMP_CHOICES))}")
+    if cfg.channels_last not in {"auto", "on", "off"}:
+        raise UsageError(f"malformed config: {where}.channels_last={cfg.channels_last!r}; choose from: auto, off, on")
+    for name in ("epochs", "batch_size"):
+        if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 1:
+            raise UsageError(f"malformed config: {where}.{name} must be a positive integer")
+    return cfg
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["train.lr=0.1", "method.beta=2"]`` -> nested dict (values parsed as YAML)."""
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UsageError(f"malformed override {item!r}; expected key.path=value")
+        path, value = item.split("=", 1)
+        node = out
+        keys = path.split(".")
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = yaml.safe_load(value)
+    return out
+
+
+def resolve(paper_id: str, spec: dict, preset: str, pair: str, seed: int, overrides: dict | None = None) -> RunConfig:
+    """The resolved config of one run of ``paper_id``."""
+    presets = spec["presets"]
+    p = presets[preset]
+    _strict(f"{paper_id}.presets.{preset}", p, PRESET_KEYS)
+    pair_raw = p["pairs"][pair] or {}
+    _strict(f"{paper_id}.presets.{preset}.pairs.{pair}", pair_raw, PAIR_KEYS)
+    overrides = overrides or {}
+    _strict("--set", overrides, {"train", "method", "teacher_train", "teacher_source", "dataset"})
+    defaults = spec.get("defaults", {})
+    train = merge(defaults.get("train", {}), p.get("train", {}), pair_raw.get("train", {}), overrides.get("train", {}))
+    method = merge(defaults.get("method", {}), p.get("method", {}), pair_raw.get("method", {}), overrides.get("method", {}))
+    teacher, student = split_pair(pair)
+    teacher = pair_raw.get("teacher", teacher)
+    student = pair_raw.get("student", student)
+    source = overrides.get("teacher_source", p.get("teacher_source", "published" if teacher else "none"))
+    if source not in TEACHER_SOURCES:
+        raise UsageError(f"malformed config: teacher_source={source!r}; choose from: {', '.join(sorted(TEACHER_SOURCES))}")
+    if teacher is None:
+        source = "none"
+    teacher_train = None
+    if source == "train":
+        raw = merge(train, p.get("teacher_train", {}), pair_raw.get("teacher_train", {}), overrides.get("teacher_train", {}))
+        teacher_train = make_train(f"{paper_id}.presets.{preset}.teacher_train", raw)
+    stages = [StageConfig(s["name"], make_train(f"{paper_id}.stages.{s['name']}", merge(train, s.get("train", {}))))
+              for s in p.get("stages", [])]
+    return RunConfig(
+        paper=paper_id, preset=preset, pair=pair, dataset=overrides.get("dataset", p["dataset"]),
+        student=student, teacher=teacher, teacher_source=source, method=method,
+        train=make_train(f"{paper_id}.presets.{preset}.train", train), stages=stages,
+        teacher_train=teacher_train, seed=seed, statistic=spec.get("statistic", "best"),
+        data_subset=p.get("data_subset"),
+    )
+
+
+def split_pair(pair: str) -> tuple[str | None, str]:
+    """``"resnet32x4-resnet8x4"`` -> (teacher, student); ``"resnet8x4"`` -> (None, student)."""
+    if "-" in pair:
+        teacher, student = pair.split("-", 1)
+        return teacher, student
+    return None, pair

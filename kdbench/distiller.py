@@ -1,0 +1,88 @@
+"""The contract every distillation method implements.
+
+A method is a :class:`Distiller`: an ``nn.Module`` that holds the student, the
+frozen teacher (always in eval mode, never optimised) and any extra learnable
+parts (connectors, embeddings, memory banks) registered as ordinary
+submodules. Its training ``forward`` returns the student logits and a dict of
+*named, already weighted* loss terms; the trainer sums the terms and logs each
+by name. Nothing else is special-cased in the trainer:
+
+* per-sample needs (CRD's memory bank) read ``ctx.indices``;
+* epoch-dependent weights (DKD's warm-up) read ``ctx.epoch``;
+* multi-stage recipes (AB, FT, FSP initialisation) declare ``stages`` in the
+  paper config; ``ctx.stage`` names the stage being trained and
+  :meth:`Distiller.trainable_parameters` may return a different set per stage;
+* extra parameters are every parameter that is neither the student's nor the
+  teacher's; they are optimised, checkpointed and counted on the leaderboard.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a method may know about the current step besides the batch."""
+
+    epoch: int  # 1-based, as in the official CRD/DKD code
+    epochs: int  # epochs in this stage
+    stage: str = "main"
+    indices: torch.Tensor | None = None  # dataset positions of the batch samples
+
+
+class Distiller(nn.Module):
+    """Base class: student + frozen teacher + extra learnable parts."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None = None):
+        super().__init__()
+        self.student = student
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.requires_grad_(False)
+            teacher.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # BN statistics of the teacher never move
+        return self
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, ctx: StepContext):
+        """Return ``(student_logits, {"loss_name": weighted_loss_tensor, ...})``."""
+        raise NotImplementedError
+
+    def extra_modules(self) -> dict[str, nn.Module]:
+        """Learnable submodules that are neither student nor teacher."""
+        return {n: m for n, m in self.named_children() if n not in ("student", "teacher")}
+
+    def extra_parameters(self) -> Iterator[nn.Parameter]:
+        for module in self.extra_modules().values():
+            yield from (p for p in module.parameters() if p.requires_grad)
+
+    def trainable_parameters(self, stage: str = "main") -> list[nn.Parameter]:
+        """Parameters optimised in ``stage``. Override for multi-stage recipes."""
+        return [*self.student.parameters(), *self.extra_parameters()]
+
+    def num_extra_parameters(self) -> int:
+        return sum(p.numel() for p in self.extra_parameters())
+
+    @torch.no_grad()
+    def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self.teacher(images)
+
+
+class Vanilla(Distiller):
+    """Cross-entropy only: the student (or teacher) trained without a teacher."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None = None, ce_weight: float = 1.0):
+        super().__init__(student, None)
+        self.ce_weight = ce_weight
+
+    def forward(self, images, labels, ctx):
+        logits = self.student(images)
+        return logits, {"loss_ce": self.ce_weight * F.cross_entropy(logits, labels)}

@@ -1,0 +1,10 @@
+"""Errors that the CLI answers with one line and exit status 2 (bad input)."""
+
+
+class UsageError(Exception):
+    """Bad input from the user: unknown paper/pair/preset/model, malformed config."""
+
+
+def choices(kind: str, value: str, valid) -> UsageError:
+    """``unknown pair 'x' for dkd; choose from: a, b, c``."""
+    return UsageError(f"unknown {kind} {value!r}; choose from: {', '.join(sorted(valid))}")

@@ -1,0 +1,181 @@
+"""Paper registry: discovers ``reproductions/<paper>/paper.yaml``.
+
+This is the only place where ``kdbench`` reaches into ``reproductions``; adding
+a paper is adding a folder with a ``paper.yaml`` (metadata, presets, pairs),
+a ``reported.csv`` (numbers with their sources) and the method module.
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .errors import UsageError, choices
+
+PAPER_KEYS = {"paper", "title", "arxiv", "venue", "official_code", "method", "statistic", "seeds",
+              "tolerance", "smoke_tolerance", "defaults", "presets", "reported", "notes"}
+
+
+@dataclass(frozen=True)
+class Reported:
+    """One reported number with its source (a row of a paper's ``reported.csv``)."""
+
+    method: str
+    source: str
+    table: str
+    dataset: str  # normalised: cifar100, imagenet, ...
+    teacher: str
+    student: str
+    top1: float | None  # accuracy in %, converted from error where the source reports error
+    teacher_top1: float | None
+    student_top1: float | None
+    notes: str
+
+    @property
+    def pair(self) -> str:
+        return f"{self.teacher}-{self.student}" if self.teacher else self.student
+
+    @property
+    def flagged(self) -> str:
+        """'UNVERIFIED' / 'THIRD-PARTY' label that must stay visible, or ''."""
+        text = f"{self.source} {self.notes}".upper()
+        for flag in ("UNVERIFIED", "THIRD-PARTY"):
+            if flag in text:
+                return flag
+        return ""
+
+
+def normalise_dataset(name: str) -> str:
+    return name.lower().replace("-", "").replace("_", "")
+
+
+def _acc(value: str, metric: str) -> float | None:
+    if value is None or value.strip() == "":
+        return None
+    v = float(value)
+    return round(100.0 - v, 4) if metric == "top1_err" else v
+
+
+@dataclass
+class Paper:
+    id: str
+    folder: Path
+    spec: dict
+
+    @property
+    def title(self) -> str:
+        return self.spec["title"]
+
+    @property
+    def arxiv(self) -> str:
+        return str(self.spec.get("arxiv") or "")
+
+    @property
+    def presets(self) -> list[str]:
+        return list(self.spec["presets"])
+
+    @property
+    def tolerance(self) -> float:
+        return float(self.spec.get("tolerance", 1.0))
+
+    @property
+    def smoke_tolerance(self) -> float:
+        return float(self.spec.get("smoke_tolerance", 3.0))
+
+    def preset(self, name: str) -> dict:
+        if name not in self.spec["presets"]:
+            raise choices(f"preset for {self.id}", name, self.presets)
+        return self.spec["presets"][name]
+
+    def pairs(self, preset: str) -> list[str]:
+        return list(self.preset(preset)["pairs"])
+
+    def all_pairs(self) -> list[str]:
+        return list(dict.fromkeys(p for name in self.presets for p in self.pairs(name)))
+
+    def default_pair(self, preset: str) -> str:
+        p = self.preset(preset)
+        return p.get("default_pair") or next(iter(p["pairs"]))
+
+    def check_pair(self, preset: str, pair: str) -> None:
+        if pair not in self.pairs(preset):
+            raise choices(f"pair for {self.id}/{preset}", pair, self.pairs(preset))
+
+    def method_class(self):
+        target = self.spec["method"]
+        module_name, _, attr = target.partition(":")
+        if not module_name.startswith("kdbench."):
+            module_name = f"reproductions.{self.folder.name}.{module_name}"
+        return getattr(importlib.import_module(module_name), attr)
+
+    @functools.cached_property
+    def reported(self) -> list[Reported]:
+        path = self.folder / self.spec.get("reported", "reported.csv")
+        if not path.exists():
+            return []
+        rows = []
+        with open(path, newline="") as fh:
+            for r in csv.DictReader(fh):
+                metric = r.get("metric", "top1")
+                rows.append(Reported(
+                    method=r["method"], source=r["source"], table=r.get("table", ""),
+                    dataset=normalise_dataset(r["dataset"]), teacher=r.get("teacher", ""),
+                    student=r["student"], top1=_acc(r.get("reported_acc"), metric),
+                    teacher_top1=_acc(r.get("teacher_acc"), metric),
+                    student_top1=_acc(r.get("student_baseline_acc"), metric), notes=r.get("notes", ""),
+                ))
+        return rows
+
+    def targets(self, preset: str) -> dict[str, Reported]:
+        """pair -> the reported row this preset is checked against (``reported_source``)."""
+        p = self.preset(preset)
+        source, method = p.get("reported_source"), p.get("reported_method")
+        if not source:
+            return {}
+        out = {}
+        for row in self.reported:
+            if row.source.startswith(source) and (method is None or row.method == method) \
+                    and row.dataset == normalise_dataset(p["dataset"]) and row.pair in p["pairs"]:
+                out.setdefault(row.pair, row)
+        return out
+
+    def summary(self) -> dict:
+        return {"paper": self.id, "title": self.title, "arxiv": self.arxiv,
+                "venue": self.spec.get("venue", ""), "presets": self.presets, "pairs": self.all_pairs(),
+                "default_pairs": {p: self.default_pair(p) for p in self.presets}}
+
+
+def reproductions_dir() -> Path:
+    spec = importlib.util.find_spec("reproductions")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the 'reproductions' package is not importable; install kdbench with pip install -e .")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+@functools.lru_cache(maxsize=None)
+def papers() -> dict[str, Paper]:
+    out = {}
+    for path in sorted(reproductions_dir().glob("*/paper.yaml")):
+        try:
+            spec = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise UsageError(f"malformed config {path}: {str(exc).splitlines()[0]}") from None
+        if not isinstance(spec, dict) or "paper" not in spec or "presets" not in spec:
+            raise UsageError(f"malformed config {path}: needs at least 'paper', 'title', 'method', 'presets'")
+        unknown = set(spec) - PAPER_KEYS
+        if unknown:
+            raise UsageError(f"malformed config {path}: unknown key(s) {sorted(unknown)}; valid: {', '.join(sorted(PAPER_KEYS))}")
+        out[spec["paper"]] = Paper(spec["paper"], path.parent, spec)
+    return out
+
+
+def get_paper(paper_id: str) -> Paper:
+    registry = papers()
+    if paper_id not in registry:
+        raise choices("paper", paper_id, registry)
+    return registry[paper_id]

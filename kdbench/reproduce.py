@@ -1,0 +1,125 @@
+"""paper + preset + pair + seeds -> teacher, stages, training -> results records."""
+from __future__ import annotations
+
+import inspect
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import results, teachers
+from .config import RunConfig, TrainConfig, resolve
+from .data import DATASETS, make_loaders
+from .distiller import Vanilla
+from .errors import UsageError
+from .evaluate import accuracy, count_parameters, device_name, profile
+from .models import create_model
+from .registry import Paper
+from .train import fit, resolve_precision
+
+
+def runs_root() -> Path:
+    return Path(os.environ.get("KDBENCH_RUNS", "runs"))
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def plan(paper: Paper, preset: str, pairs: list[str], seeds: list[int], overrides: dict) -> list[RunConfig]:
+    """Resolve every run up front so that a bad pair, key or value fails before any work."""
+    for pair in pairs:
+        paper.check_pair(preset, pair)
+    configs = [resolve(paper.id, paper.spec, preset, pair, seed, overrides) for pair in pairs for seed in seeds]
+    for cfg in configs:
+        if cfg.dataset not in DATASETS:
+            raise UsageError(f"unknown dataset {cfg.dataset!r}; choose from: {', '.join(sorted(DATASETS))}")
+        build_distiller(paper, cfg, None, None, dry=True)
+    return configs
+
+
+def build_distiller(paper: Paper, cfg: RunConfig, student, teacher, dry: bool = False):
+    cls = paper.method_class()
+    params = inspect.signature(cls.__init__).parameters
+    valid = [n for n in params if n not in ("self", "student", "teacher")]
+    unknown = set(cfg.method) - set(valid)
+    if unknown:
+        raise UsageError(f"malformed config: unknown method option(s) {sorted(unknown)} for {cls.__name__}; "
+                         f"valid: {', '.join(valid)}")
+    return None if dry else cls(student, teacher, **cfg.method)
+
+
+def loaders_for(cfg: RunConfig, train: TrainConfig, device, channels_last: bool):
+    return make_loaders(cfg.dataset, batch_size=train.batch_size, device=device, seed=cfg.seed,
+                        test_batch_size=train.test_batch_size, channels_last=channels_last,
+                        synthetic=cfg.data_subset)
+
+
+def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool = False,
+            results_dir: Path | None = None, latency_iters: int = 50, log=print) -> dict:
+    """Train one (pair, seed) of a preset and write its results record."""
+    start = time.time()
+    seed_everything(cfg.seed)
+    run_dir = runs_root() / cfg.paper / cfg.preset / cfg.pair / f"seed{cfg.seed}"
+    num_classes = DATASETS[cfg.dataset]["num_classes"]
+    amp, channels_last = resolve_precision(cfg.train, device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def train_teacher(arch: str, train_cfg: TrainConfig, out_dir: Path):
+        log(f"training teacher {arch} on {cfg.dataset} (cached in {out_dir})")
+        t_train, t_test, _ = make_loaders(cfg.dataset, batch_size=train_cfg.batch_size, device=device, seed=0,
+                                          test_batch_size=train_cfg.test_batch_size, channels_last=channels_last,
+                                          synthetic=cfg.data_subset)
+        seed_everything(0)
+        model = create_model(arch, num_classes=num_classes).to(device, memory_format=memory_format)
+        state = fit(Vanilla(model), t_train, t_test, train_cfg, run_dir=out_dir, log=log)
+        return model, {"best_top1": state["best_top1"], "last_top1": state["history"][-1]["test_top1"]}
+
+    teacher, teacher_info = teachers.get_teacher(cfg, num_classes, device, train_teacher)
+    seed_everything(cfg.seed)
+    train_loader, test_loader, _ = loaders_for(cfg, cfg.train, device, channels_last)
+    if teacher is not None:
+        teacher = teacher.to(memory_format=memory_format)
+        teacher_info["measured_top1"] = accuracy(teacher, test_loader, amp=amp)["top1"]
+        log(f"teacher {cfg.teacher}: top1 {teacher_info['measured_top1']:.2f} ({teacher_info['source']})")
+    student = create_model(cfg.student, num_classes=num_classes).to(device, memory_format=memory_format)
+    distiller = build_distiller(paper, cfg, student, teacher).to(device)
+    for stage in cfg.stages:
+        fit(distiller, train_loader, test_loader, stage.train, run_dir=run_dir, stage=stage.name,
+            resume=resume, log=log)
+    state = fit(distiller, train_loader, test_loader, cfg.train, run_dir=run_dir, resume=resume, log=log)
+    history = state["history"]
+    last = next(h for h in reversed(history) if "test_top1" in h)
+    image_size = 224 if cfg.dataset == "imagenet" else 32
+    prof = profile(student, image_size=image_size, amp=amp, channels_last=channels_last,
+                   iters=latency_iters, warmup=max(2, latency_iters // 5),
+                   throughput_batch=256 if device.type == "cuda" else 64)
+    record = {
+        "paper": cfg.paper, "method": type(distiller).__name__, "dataset": cfg.dataset,
+        "teacher": cfg.teacher, "student": cfg.student, "pair": cfg.pair, "preset": cfg.preset,
+        "seed": cfg.seed, "epochs": cfg.train.epochs, "statistic": cfg.statistic,
+        "best_top1": state["best_top1"], "best_epoch": state["best_epoch"], "best_top5": state.get("best_top5"),
+        "last_top1": last["test_top1"], "last_top5": last["test_top5"],
+        "reported_top1": state["best_top1"] if cfg.statistic == "best" else last["test_top1"],
+        "params": {"student": count_parameters(student), "extra": distiller.num_extra_parameters()},
+        "macs": prof["macs"], "latency": {"batch1": prof["latency_b1"], "throughput": prof["latency_throughput"]},
+        "teacher_info": teacher_info, "device": device_name(device), "precision": "bf16" if amp else "fp32",
+        "channels_last": channels_last, "config": cfg.to_dict(),
+        "train_img_s": sum(h["train_img_s"] for h in history) / len(history),
+        "wall_time_s": time.time() - start, "run_dir": str(run_dir), **results.environment(),
+    }
+    path = results.write(record, results_dir)
+    log(f"{cfg.paper}/{cfg.preset} {cfg.pair} seed {cfg.seed}: best top1 {record['best_top1']:.2f} "
+        f"(epoch {record['best_epoch']}), last {record['last_top1']:.2f} -> {path}")
+    return record

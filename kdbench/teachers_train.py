@@ -1,0 +1,26 @@
+"""``make teachers``: train a teacher with the vanilla paper recipe and install it where the
+published-teacher loader looks first (``$KDBENCH_DATA/teachers/local/<model>_vanilla/``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import checkpoint
+from .models import canonical_name
+from .registry import get_paper
+from .reproduce import pick_device, plan, run_one
+from .teachers import teacher_dir
+
+
+def local_teacher_path(model: str) -> Path:
+    return teacher_dir() / "local" / f"{canonical_name(model)}_vanilla" / "ckpt_epoch_240.pth"
+
+
+def train_and_install(model: str, preset: str = "paper", device=None) -> Path:
+    paper = get_paper("vanilla")
+    (cfg,) = plan(paper, preset, [model], [0], {})
+    record = run_one(paper, cfg, device=pick_device(device))
+    saved = checkpoint.load(Path(record["run_dir"]) / "checkpoint-main.pt")
+    state = {k[len("student."):]: v for k, v in saved["model"].items() if k.startswith("student.")}
+    path = local_teacher_path(model)
+    checkpoint.atomic_save({"model": state, "epoch": record["epochs"], "accuracy": record["last_top1"]}, path)
+    return path

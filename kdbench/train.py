@@ -1,0 +1,94 @@
+"""The training loop: SGD on the config's schedule, per-epoch eval, JSONL log,
+an atomic checkpoint every epoch and exact resume."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import checkpoint
+from .config import TrainConfig
+from .distiller import Distiller, StepContext
+from .evaluate import accuracy, autocast
+
+
+def resolve_precision(cfg: TrainConfig, device: torch.device) -> tuple[bool, bool]:
+    """(bf16 autocast?, channels_last?) — 'auto' means on for CUDA, off elsewhere."""
+    amp = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
+    cl = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
+    return amp, cl
+
+
+def _state(distiller: Distiller) -> dict:
+    """Everything but the frozen teacher (it is reloaded from its own checkpoint)."""
+    return {k: v for k, v in distiller.state_dict().items() if not k.startswith("teacher.")}
+
+
+def fit(distiller: Distiller, train_loader, test_loader, cfg: TrainConfig, *, run_dir: Path,
+        stage: str = "main", resume: bool = False, progress: bool | None = None, log=print) -> dict:
+    """Train ``distiller`` for ``cfg.epochs`` epochs; return the stage summary."""
+    device = next(distiller.student.parameters()).device
+    amp, _ = resolve_precision(cfg, device)
+    params = distiller.trainable_parameters(stage)
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    ckpt_path, log_path = Path(run_dir) / f"checkpoint-{stage}.pt", Path(run_dir) / f"log-{stage}.jsonl"
+    state = {"epoch": 0, "best_top1": -1.0, "best_epoch": 0, "history": []}
+    if resume and ckpt_path.exists():
+        saved = checkpoint.load(ckpt_path, map_location=device)
+        missing, unexpected = distiller.load_state_dict(saved["model"], strict=False)
+        if unexpected or any(not k.startswith("teacher.") for k in missing):
+            raise RuntimeError(f"checkpoint {ckpt_path} does not match this run: {missing or unexpected}")
+        optimizer.load_state_dict(saved["optimizer"])
+        state = saved["trainer"]
+        log(f"resumed {stage} from epoch {state['epoch']}")
+    elif log_path.exists():
+        log_path.unlink()  # a fresh run starts a fresh log
+    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+        lr = cfg.lr_at(epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        distiller.train()
+        train_loader.set_epoch(epoch)
+        sums: dict[str, torch.Tensor] = {}
+        seen, start = 0, time.perf_counter()
+        bar = tqdm(train_loader, desc=f"{stage} {epoch}/{cfg.epochs}", unit="batch", leave=False,
+                   disable=not (sys.stderr.isatty() if progress is None else progress))
+        for images, labels, indices in bar:
+            ctx = StepContext(epoch=epoch, epochs=cfg.epochs, stage=stage, indices=indices)
+            with autocast(device, amp):
+                logits, losses = distiller(images, labels, ctx)
+            loss = sum(losses.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for name, value in losses.items():  # stays on the device: no sync per step
+                sums[name] = sums.get(name, 0.0) + value.detach().float() * labels.shape[0]
+            seen += labels.shape[0]
+            bar.set_postfix(img_s=f"{seen / (time.perf_counter() - start):.0f}", refresh=False)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_time = time.perf_counter() - start
+        record = {"epoch": epoch, "stage": stage, "lr": lr, "train_img_s": seen / train_time,
+                  "train_time_s": train_time, **{k: (v / seen).item() for k, v in sums.items()}}
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            test = accuracy(distiller.student, test_loader, amp=amp)
+            record.update(test_top1=test["top1"], test_top5=test["top5"], test_loss=test["loss"])
+            if test["top1"] > state["best_top1"]:
+                state.update(best_top1=test["top1"], best_epoch=epoch, best_top5=test["top5"])
+        state["epoch"] = epoch
+        state["history"].append(record)
+        with open(log_path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        checkpoint.atomic_save({"model": _state(distiller), "optimizer": optimizer.state_dict(),
+                                "trainer": state}, ckpt_path)
+        log(f"[{stage}] epoch {epoch}/{cfg.epochs} lr {lr:.4g} "
+            + " ".join(f"{k} {record[k]:.4f}" for k in sums)
+            + (f" top1 {record['test_top1']:.2f} (best {state['best_top1']:.2f}@{state['best_epoch']})"
+               if "test_top1" in record else "")
+            + f" {record['train_img_s']:.0f} img/s")
+    return state
