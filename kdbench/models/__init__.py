@@ -1,0 +1,28 @@
+"""kdbench model zoo: the CIFAR-100 KD benchmark architectures, plus ImageNet models by name.
+
+::
+
+    from kdbench.models import create_model, list_models
+    model = create_model("resnet32x4", num_classes=100)
+    logits = model(x)                                  # Tensor (B, 100)
+    logits, feats, preact_feats = model.forward_features(x)
+
+The zoo reproduces the architectures, state-dict keys/shapes and weight
+initialisation of HobbitLong/RepDistiller's ``models/`` (an independent
+implementation; modules are even created in the official order, so under
+the same ``torch.manual_seed`` the initial weights are bit-identical), so its
+published ``<model>_vanilla/ckpt_epoch_240.pth`` teachers load with
+``load_state_dict(ckpt["model"], strict=True)``. See
+:mod:`kdbench.models.features` for the feature API and
+:mod:`kdbench.models.registry` for names and aliases.
+"""
+from .features import FeatureModel, FeatureOutput, as_official
+from .registry import create_model, is_model, list_models, register_model, resolve_name
+
+# importing the family modules registers their models, in RepDistiller's model_dict order
+from . import resnet, resnetv2, wrn, vgg, mobilenetv2, shufflenetv1, shufflenetv2  # noqa: E402,F401  isort:skip
+
+__all__ = [
+    "FeatureModel", "FeatureOutput", "as_official",
+    "create_model", "is_model", "list_models", "register_model", "resolve_name",
+]
