@@ -1,0 +1,166 @@
+"""A device-resident loader for small-image datasets (CIFAR and the synthetic sets).
+
+The whole uint8 dataset lives on the device. A training loader keeps it zero-padded together with
+its mirror image (2 x N x 3 x 40 x 40 uint8: 480 MB for CIFAR-100's 50,000 images, 48 MB for the
+synthetic set) and takes a sliding-window view of it (``unfold``, no copy), so that the random crop
+and flip of a whole batch is ONE advanced-indexing gather with per-sample indices
+``[flip, sample, top, left]``; the normalisation is two fused elementwise passes. No DataLoader, no
+worker processes, no per-sample Python. A test loader keeps the plain dataset and only normalises.
+
+The augmentation is exactly torchvision's ``RandomCrop(32, padding=4)`` followed by
+``RandomHorizontalFlip()`` and ``Normalize(mean, std)`` applied to ``ToTensor()`` of the uint8 image:
+pixels come from the image zero-padded by ``padding`` (so padding normalises to ``-mean/std``),
+the crop's top-left corner is uniform in ``[0, 2 * padding]`` on each axis, the flip has p = 1/2.
+
+Randomness: an epoch's sample order (``torch.randperm``), crop offsets and flips are drawn on the CPU
+from a ``torch.Generator`` seeded from ``(seed, epoch)`` and then moved to the device. The offsets and
+flips are drawn per *sample index* (not per batch position), so for a given (seed, epoch) every
+sample gets the same augmentation whatever the batch size, the device or how many times the epoch is
+iterated. CPU and CUDA therefore produce the same order, crops and flips; the normalised values agree
+to float32 rounding (the same two IEEE operations, sub then div, on both).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A CPU generator for (seed, epoch); SeedSequence mixing makes nearby pairs unrelated."""
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch) & 0xFFFFFFFF]).generate_state(2, np.uint32)
+    return torch.Generator(device="cpu").manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+class DeviceLoader:
+    """Iterate ``(images, labels, indices)`` batches of a uint8 dataset held on ``device``.
+
+    Args:
+        images_u8: uint8 ``N x 3 x H x W``; labels: ``N`` integer labels.
+        batch_size: samples per batch; the last short batch is kept unless ``drop_last``.
+        device: where the dataset lives and the batches are produced.
+        mean, std: per-channel normalisation of images scaled to [0, 1].
+        train: shuffle and augment (random crop with zero padding ``padding`` + horizontal flip);
+            else fixed order, normalisation only.
+        seed: with the epoch (``set_epoch``), fixes order and augmentation.
+        channels_last: return images in ``torch.channels_last`` memory format.
+        dtype: dtype of the returned images (normalisation is computed in float32).
+
+    ``images`` are normalised ``dtype`` tensors, ``labels`` int64, ``indices`` int64 positions of
+    the samples in the dataset (for methods that keep per-sample state, e.g. CRD's memory bank).
+    Iterating does not advance the epoch: call ``set_epoch(e)`` before iterating epoch ``e``.
+    """
+
+    def __init__(self, images_u8: torch.Tensor, labels: torch.Tensor, *, batch_size: int, device, mean, std,
+                 train: bool, seed: int = 0, drop_last: bool = False, channels_last: bool = False,
+                 dtype: torch.dtype = torch.float32, padding: int = 4):
+        if images_u8.dtype != torch.uint8 or images_u8.dim() != 4:
+            raise ValueError(f"images must be uint8 N x C x H x W, got {images_u8.dtype} {tuple(images_u8.shape)}")
+        if labels.shape != images_u8.shape[:1]:
+            raise ValueError(f"{len(labels)} labels for {len(images_u8)} images")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+        self.train = bool(train)
+        self.seed = int(seed)
+        self.drop_last = bool(drop_last)
+        self.channels_last = bool(channels_last)
+        self.dtype = dtype
+        self.padding = int(padding) if train else 0
+        self.epoch = 0
+        n, c, h, w = images_u8.shape
+        self.num_samples, self.shape = n, (c, h, w)
+        self.labels = labels.to(self.device, torch.int64)
+        mean = torch.as_tensor(mean, dtype=torch.float32).view(1, c, 1, 1) * 255.0
+        std = torch.as_tensor(std, dtype=torch.float32).view(1, c, 1, 1) * 255.0
+        self._mean, self._std = mean.to(self.device), std.to(self.device)
+        data = images_u8.to(self.device).contiguous()
+        if not self.train:
+            self._data = data
+            return
+        # Training keeps the dataset zero-padded and also mirrored: [0] = padded, [1] = its mirror image.
+        # Then crop + flip of sample i at (top, left, flip) is element [flip, i, :, top, left'] of a
+        # sliding-window view (left' = 2 * padding - left when mirrored, since the mirror of a crop is the
+        # crop of the mirrored image at the mirrored offset): one gather per batch, no index arithmetic.
+        p = self.padding
+        padded = F.pad(data, (p, p, p, p))
+        both = torch.stack([padded, padded.flip(-1)])  # 2 x N x C x (H+2p) x (W+2p) uint8
+        if self.channels_last:  # stored NHWC so that a gathered batch is already channels_last in memory
+            both = both.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+        self._data = both
+        # 2 x N x dy x dx x C x H x W view: [flip, i, top, left] is a crop
+        self._windows = both.unfold(3, h, 1).unfold(4, w, 1).permute(0, 1, 3, 4, 2, 5, 6)
+
+    @property
+    def images(self) -> torch.Tensor:
+        """The unaugmented uint8 dataset on the device (a view: no copy)."""
+        if not self.train:
+            return self._data
+        p, (_, h, w) = self.padding, self.shape
+        return self._data[0, :, :, p:p + h, p:p + w]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def epoch_plan(self, epoch: int | None = None) -> dict:
+        """The CPU random draws of an epoch: ``order`` (N), crop ``offsets`` (N x 2: top, left, indexed
+        by sample), ``flips`` (N bool, by sample). Deterministic in (seed, epoch)."""
+        g = epoch_generator(self.seed, self.epoch if epoch is None else epoch)
+        n = self.num_samples
+        order = torch.randperm(n, generator=g)
+        offsets = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=g)
+        flips = torch.rand(n, generator=g) < 0.5
+        return {"order": order, "offsets": offsets, "flips": flips}
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 -> ``(x - 255 mean) / (255 std)`` in float32 (the subtraction promotes: no extra pass),
+        then ``dtype``; keeps the memory format of ``x``."""
+        if self.channels_last and not self.train:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = torch.sub(x, self._mean).div_(self._std)
+        return x if self.dtype == torch.float32 else x.to(self.dtype)
+
+    def _augment(self, idx: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+        """uint8 crops of samples ``idx`` at (top, left) of the padded image, mirrored where ``flip``."""
+        flip = flip.to(torch.bool)
+        left = torch.where(flip, 2 * self.padding - left, left)
+        return self._gather(flip.long(), idx, top, left)
+
+    def _gather(self, flip, idx, top, left) -> torch.Tensor:
+        x = self._windows[flip, idx, top, left]  # B x C x H x W
+        # the gather keeps the storage's layout; the conversion is a no-op unless a backend differs
+        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+
+    def __iter__(self):
+        n, bs = self.num_samples, self.batch_size
+        stop = (n // bs) * bs if self.drop_last else n
+        if not self.train:
+            for start in range(0, stop, bs):
+                end = min(start + bs, stop)
+                idx = torch.arange(start, end, device=self.device)
+                yield self._normalise(self._data[start:end]), self.labels[start:end], idx
+            return
+        # the epoch's draws, per position in the epoch order, computed on the CPU and moved once
+        plan = self.epoch_plan()
+        order, flips = plan["order"], plan["flips"][plan["order"]]
+        top = plan["offsets"][order, 0]
+        left = torch.where(flips, 2 * self.padding - plan["offsets"][order, 1], plan["offsets"][order, 1])
+        nb = self.device.type == "cuda"
+        order, flips, top, left = (t.to(self.device, non_blocking=nb) for t in (order, flips.long(), top, left))
+        for start in range(0, stop, bs):
+            end = min(start + bs, stop)
+            idx = order[start:end]
+            x = self._gather(flips[start:end], idx, top[start:end], left[start:end])
+            yield self._normalise(x), self.labels[idx], idx
+
+    def __repr__(self) -> str:
+        return (f"DeviceLoader(n={self.num_samples}, batch_size={self.batch_size}, train={self.train}, "
+                f"device={self.device}, epoch={self.epoch}, seed={self.seed})")
