@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import Unavailable, UsageError
 
 
 def _list(args) -> int:
@@ -146,9 +146,9 @@ def main(argv=None) -> int:
     except UsageError as exc:
         print(f"kdbench: error: {exc}", file=sys.stderr)
         return 2
-    except KeyError as exc:  # unknown model / dataset names raised by the zoo and data layers
-        print(f"kdbench: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
-        return 2
+    except Unavailable as exc:  # a dataset or teacher that is missing and cannot be downloaded
+        print(f"kdbench: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,3 +8,7 @@ class UsageError(Exception):
 def choices(kind: str, value: str, valid) -> UsageError:
     """``unknown pair 'x' for dkd; choose from: a, b, c``."""
     return UsageError(f"unknown {kind} {value!r}; choose from: {', '.join(sorted(valid))}")
+
+
+class Unavailable(RuntimeError):
+    """A dataset or checkpoint is missing and cannot be obtained; the message says what to do."""

@@ -10,7 +10,7 @@ from tabulate import tabulate
 from . import results
 from .checkpoint import atomic_write_text
 from .check import group_records, record_problem
-from .models import canonical_name
+from .models import resolve_name
 from .profiles import load_profiles
 from .registry import Paper, papers
 
@@ -52,7 +52,7 @@ def _profile_lookup(profiles):
 
 def _model_key(name: str) -> str | None:
     try:
-        return canonical_name(name)
+        return resolve_name(name)
     except KeyError:
         return None
 

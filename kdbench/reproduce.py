@@ -16,7 +16,7 @@ from .data import DATASETS, make_loaders
 from .distiller import Vanilla
 from .errors import UsageError
 from .evaluate import accuracy, count_parameters, device_name, profile
-from .models import create_model
+from .models import create_model, resolve_name
 from .registry import Paper
 from .train import fit, resolve_precision
 
@@ -45,6 +45,11 @@ def plan(paper: Paper, preset: str, pairs: list[str], seeds: list[int], override
     for cfg in configs:
         if cfg.dataset not in DATASETS:
             raise UsageError(f"unknown dataset {cfg.dataset!r}; choose from: {', '.join(sorted(DATASETS))}")
+        for model in filter(None, (cfg.student, cfg.teacher)):
+            try:
+                resolve_name(model)
+            except KeyError as exc:
+                raise UsageError(exc.args[0]) from None
         build_distiller(paper, cfg, None, None, dry=True)
     return configs
 
@@ -63,12 +68,13 @@ def build_distiller(paper: Paper, cfg: RunConfig, student, teacher, dry: bool = 
 def loaders_for(cfg: RunConfig, train: TrainConfig, device, channels_last: bool):
     return make_loaders(cfg.dataset, batch_size=train.batch_size, device=device, seed=cfg.seed,
                         test_batch_size=train.test_batch_size, channels_last=channels_last,
-                        synthetic=cfg.data_subset)
+                        subset=cfg.data_subset)
 
 
 def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool = False,
-            results_dir: Path | None = None, latency_iters: int = 50, log=print) -> dict:
+            results_dir: Path | None = None, latency_iters: int = 50, log=None) -> dict:
     """Train one (pair, seed) of a preset and write its results record."""
+    log = log or (lambda msg: print(msg, flush=True))
     start = time.time()
     seed_everything(cfg.seed)
     run_dir = runs_root() / cfg.paper / cfg.preset / cfg.pair / f"seed{cfg.seed}"
@@ -80,7 +86,7 @@ def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool 
         log(f"training teacher {arch} on {cfg.dataset} (cached in {out_dir})")
         t_train, t_test, _ = make_loaders(cfg.dataset, batch_size=train_cfg.batch_size, device=device, seed=0,
                                           test_batch_size=train_cfg.test_batch_size, channels_last=channels_last,
-                                          synthetic=cfg.data_subset)
+                                          subset=cfg.data_subset)
         seed_everything(0)
         model = create_model(arch, num_classes=num_classes).to(device, memory_format=memory_format)
         state = fit(Vanilla(model), t_train, t_test, train_cfg, run_dir=out_dir, log=log)

@@ -15,8 +15,8 @@ from torch.hub import download_url_to_file
 
 from . import checkpoint
 from .data import data_root
-from .errors import UsageError
-from .models import canonical_name, create_model
+from .errors import Unavailable, UsageError
+from .models import resolve_name, create_model
 
 # CRD's teachers (RepDistiller) in the layout ``<model>_vanilla/ckpt_epoch_240.pth``. The original
 # host (shape2prog.csail.mit.edu) is gone; DKD's authors re-host the same files in one archive.
@@ -27,6 +27,7 @@ PUBLISHED_URL = os.environ.get(
 # was written (the archive cannot be downloaded in the build environment); the digest of every
 # checkpoint actually loaded is recorded in the results record, so runs stay auditable.
 PUBLISHED_SHA256: dict[str, str | None] = {"cifar_teachers.tar": None}
+IMAGENET_TEACHER_WEIGHTS = "IMAGENET1K_V1"
 
 
 def teacher_dir() -> Path:
@@ -50,7 +51,7 @@ def _verify(path: Path, expected: str | None) -> str:
 
 def published_checkpoint(arch: str) -> Path:
     """Path of ``<arch>_vanilla/ckpt_epoch_240.pth``, downloading the archive if needed."""
-    name = f"{canonical_name(arch)}_vanilla/ckpt_epoch_240.pth"
+    name = f"{resolve_name(arch)}_vanilla/ckpt_epoch_240.pth"
     root = teacher_dir()
     local = root / "local" / name  # trained here by `make teachers`; preferred when present
     if local.exists():
@@ -64,7 +65,7 @@ def published_checkpoint(arch: str) -> Path:
         try:
             download_url_to_file(PUBLISHED_URL, str(archive), progress=True)
         except (urllib.error.URLError, OSError) as exc:
-            raise RuntimeError(
+            raise Unavailable(
                 f"published teacher {name} is missing under {root} and could not be downloaded from "
                 f"{PUBLISHED_URL} ({exc}); set KDBENCH_DATA, place the file there, or use PRESET=smoke") from None
     _verify(archive, PUBLISHED_SHA256.get("cifar_teachers.tar"))
@@ -77,7 +78,12 @@ def published_checkpoint(arch: str) -> Path:
 
 
 def load_published(arch: str, num_classes: int, device) -> tuple[torch.nn.Module, dict]:
-    if arch.startswith(("torchvision:", "timm:")):  # ImageNet teachers: the libraries' own weights
+    if arch.startswith("torchvision:"):
+        # ImageNet teachers: torchvision's original weights (ResNet34 73.31, ResNet50 76.13), as the
+        # papers used; the newer DEFAULT weights of ResNet50 (80.86) would be a different teacher.
+        model = create_model(arch, num_classes=num_classes, pretrained=IMAGENET_TEACHER_WEIGHTS)
+        return model.to(device), {"source": "published", "weights": f"{arch} {IMAGENET_TEACHER_WEIGHTS}"}
+    if arch.startswith("timm:"):
         model = create_model(arch, num_classes=num_classes, pretrained=True)
         return model.to(device), {"source": "published", "weights": f"{arch} pretrained"}
     path = published_checkpoint(arch)
@@ -91,13 +97,13 @@ def load_published(arch: str, num_classes: int, device) -> tuple[torch.nn.Module
 
 
 def trained_key(arch: str, dataset: str, train_cfg: dict, data_options: dict | None, seed: int) -> str:
-    blob = json.dumps({"arch": canonical_name(arch), "dataset": dataset, "train": train_cfg,
+    blob = json.dumps({"arch": resolve_name(arch), "dataset": dataset, "train": train_cfg,
                        "data": data_options, "seed": seed}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def trained_path(arch: str, dataset: str, key: str) -> Path:
-    return teacher_dir() / "trained" / f"{canonical_name(arch)}-{dataset}-{key}" / "ckpt.pth"
+    return teacher_dir() / "trained" / f"{resolve_name(arch)}-{dataset}-{key}" / "ckpt.pth"
 
 
 def get_teacher(cfg, num_classes: int, device, train_teacher) -> tuple[torch.nn.Module | None, dict]:

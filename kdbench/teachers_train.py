@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import checkpoint
-from .models import canonical_name
+from .models import resolve_name
 from .registry import get_paper
 from .reproduce import pick_device, plan, run_one
 from .teachers import teacher_dir
 
 
 def local_teacher_path(model: str) -> Path:
-    return teacher_dir() / "local" / f"{canonical_name(model)}_vanilla" / "ckpt_epoch_240.pth"
+    return teacher_dir() / "local" / f"{resolve_name(model)}_vanilla" / "ckpt_epoch_240.pth"
 
 
 def train_and_install(model: str, preset: str = "paper", device=None) -> Path:

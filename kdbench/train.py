@@ -29,14 +29,16 @@ def _state(distiller: Distiller) -> dict:
 
 
 def fit(distiller: Distiller, train_loader, test_loader, cfg: TrainConfig, *, run_dir: Path,
-        stage: str = "main", resume: bool = False, progress: bool | None = None, log=print) -> dict:
+        stage: str = "main", resume: bool = False, progress: bool | None = None, log=None) -> dict:
     """Train ``distiller`` for ``cfg.epochs`` epochs; return the stage summary."""
+    log = log or (lambda msg: print(msg, flush=True))
     device = next(distiller.student.parameters()).device
     amp, _ = resolve_precision(cfg, device)
     params = distiller.trainable_parameters(stage)
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     ckpt_path, log_path = Path(run_dir) / f"checkpoint-{stage}.pt", Path(run_dir) / f"log-{stage}.jsonl"
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
     state = {"epoch": 0, "best_top1": -1.0, "best_epoch": 0, "history": []}
     if resume and ckpt_path.exists():
         saved = checkpoint.load(ckpt_path, map_location=device)

@@ -1,0 +1,32 @@
+"""The leaderboard is built from records and reported numbers only."""
+from conftest import write_record
+
+from kdbench.leaderboard import build
+
+
+def test_leaderboard_tables(sandbox, record_factory):
+    results = sandbox / "results"
+    write_record(results, record_factory(best=76.10, last=75.90, seed=0))
+    write_record(results, record_factory(best=76.30, last=76.00, seed=1))
+    write_record(results, record_factory(preset="smoke", pair="resnet20-resnet8", best=12.34, last=11.11))
+    path = build(results_dir=results, out_dir=sandbox / "lb")
+    text = path.read_text()
+    dkd = text.split("## dkd:")[1].split("\n## ")[0]
+    table = dkd.split("### cifar100")[1].split("###")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "Teacher" not in line]
+    assert len(rows) == 11  # every pair of the paper's CIFAR-100 table
+    r8x4 = next(r for r in rows if "| resnet32x4 " in r and "| resnet8x4 " in r)
+    assert "76.32" in r8x4 and "mdistiller README" in r8x4
+    assert "76.20 ± 0.14 (n=2)" in r8x4 and "-0.12" in r8x4 and "75.95" in r8x4
+    assert sum("(n=" in r for r in rows) == 1  # reproduced only where recorded
+    assert "12.34" not in table  # smoke numbers never enter the paper table
+    smoke = dkd.split("### Smoke runs (synthetic data; not comparable with the paper)")[1]
+    assert "12.34" in smoke and "synthetic-cifar100" in smoke
+    assert "shufflev2" in dkd and "77.07" in dkd
+
+
+def test_leaderboard_lists_flagged_sources(sandbox):
+    text = build(results_dir=sandbox / "results", out_dir=sandbox / "lb").read_text()
+    kd = text.split("## kd:")[1].split("\n## ")[0]
+    assert "73.33" in kd and "RepDistiller README" in kd
+    assert "THIRD-PARTY" in kd or "torchdistill" in kd

@@ -1,0 +1,94 @@
+"""The trainer: schedule, logging, atomic checkpoints and exact resume."""
+import json
+
+import torch
+from torch import nn
+
+from kdbench.config import TrainConfig
+from kdbench.data.loader import DeviceLoader
+from kdbench.distiller import Distiller, StepContext, Vanilla
+from kdbench.train import fit
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+def tiny_net():
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+
+def loaders(seed=0):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (96, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (96,), generator=g)
+    kw = dict(batch_size=32, device=torch.device("cpu"), mean=MEAN, std=STD)
+    return DeviceLoader(x, y, train=True, seed=seed, **kw), DeviceLoader(x[:32], y[:32], train=False, **kw)
+
+
+CFG = TrainConfig(epochs=3, batch_size=32, lr=0.1, weight_decay=5e-4, milestones=[1, 2], gamma=0.5)
+
+
+def test_lr_schedule_follows_the_official_rule():
+    cfg = TrainConfig(epochs=240, batch_size=64, lr=0.05, weight_decay=5e-4, milestones=[150, 180, 210])
+    assert cfg.lr_at(1) == 0.05 and cfg.lr_at(150) == 0.05
+    assert abs(cfg.lr_at(151) - 0.005) < 1e-12 and abs(cfg.lr_at(240) - 0.05e-3) < 1e-12
+
+
+def test_fit_logs_and_resume_is_exact(tmp_path):
+    torch.manual_seed(0)
+    a = Vanilla(tiny_net())
+    b = Vanilla(tiny_net())
+    b.load_state_dict(a.state_dict())
+    train, test = loaders()
+    full = fit(a, train, test, CFG, run_dir=tmp_path / "a", log=lambda *_: None)
+    # b: interrupted after one epoch, then resumed in a fresh process-like object
+    fit(b, *loaders(), TrainConfig(**{**CFG.__dict__, "epochs": 1}), run_dir=tmp_path / "b", log=lambda *_: None)
+    c = Vanilla(tiny_net())
+    resumed = fit(c, *loaders(), CFG, run_dir=tmp_path / "b", resume=True, log=lambda *_: None)
+    for (k, v1), v2 in zip(a.state_dict().items(), c.state_dict().values()):
+        torch.testing.assert_close(v1, v2, msg=k)
+    assert resumed["best_top1"] == full["best_top1"]
+    lines = [json.loads(l) for l in (tmp_path / "a" / "log-main.jsonl").read_text().splitlines()]
+    assert [l["epoch"] for l in lines] == [1, 2, 3]
+    assert [l["lr"] for l in lines] == [0.1, 0.05, 0.025]
+    assert {"loss_ce", "train_img_s", "test_top1", "test_top5"} <= set(lines[0])
+    assert not list((tmp_path / "a").glob("*.tmp"))
+
+
+class TwoTerms(Distiller):
+    """A method with an extra learnable part, per-sample indices and a second stage."""
+
+    def __init__(self, student, teacher=None):
+        super().__init__(student, teacher)
+        self.connector = nn.Linear(10, 10)
+        self.seen = set()
+
+    def trainable_parameters(self, stage="main"):
+        return list(self.connector.parameters()) if stage == "init" else super().trainable_parameters(stage)
+
+    def forward(self, images, labels, ctx: StepContext):
+        self.seen.update(ctx.indices.tolist())
+        logits = self.student(images)
+        losses = {"loss_aux": self.connector(logits).pow(2).mean()}
+        if ctx.stage == "main":
+            losses["loss_ce"] = nn.functional.cross_entropy(logits, labels)
+        return logits, losses
+
+
+def test_named_terms_extra_parameters_indices_and_stages(tmp_path):
+    torch.manual_seed(0)
+    method = TwoTerms(tiny_net(), teacher=tiny_net())
+    assert method.num_extra_parameters() == 110
+    assert not any(p.requires_grad for p in method.teacher.parameters())
+    train, test = loaders()
+    student_before = [p.clone() for p in method.student.parameters()]
+    fit(method, train, test, TrainConfig(epochs=1, batch_size=32, lr=0.1, weight_decay=0.0),
+        run_dir=tmp_path, stage="init", log=lambda *_: None)
+    assert all(torch.equal(a, b) for a, b in zip(student_before, method.student.parameters()))
+    assert method.seen == set(range(96))
+    state = fit(method, train, test, CFG, run_dir=tmp_path, log=lambda *_: None)
+    assert {"loss_aux", "loss_ce"} <= set(state["history"][-1])
+    assert not all(torch.equal(a, b) for a, b in zip(student_before, method.student.parameters()))
+    assert method.teacher.training is False
+    saved = torch.load(tmp_path / "checkpoint-main.pt", weights_only=True)
+    assert not any(k.startswith("teacher.") for k in saved["model"]) and "connector.weight" in saved["model"]
