@@ -146,7 +146,7 @@ def resolve(paper_id: str, spec: dict, preset: str, pair: str, seed: int, overri
     pair_raw = p["pairs"][pair] or {}
     _strict(f"{paper_id}.presets.{preset}.pairs.{pair}", pair_raw, PAIR_KEYS)
     overrides = overrides or {}
-    _strict("--set", overrides, {"train", "method", "teacher_train", "teacher_source", "dataset"})
+    _strict("--set", overrides, {"train", "method", "teacher_train", "teacher_source", "dataset", "data_subset"})
     defaults = spec.get("defaults", {})
     train = merge(defaults.get("train", {}), p.get("train", {}), pair_raw.get("train", {}), overrides.get("train", {}))
     method = merge(defaults.get("method", {}), p.get("method", {}), pair_raw.get("method", {}), overrides.get("method", {}))
@@ -169,7 +169,7 @@ def resolve(paper_id: str, spec: dict, preset: str, pair: str, seed: int, overri
         student=student, teacher=teacher, teacher_source=source, method=method,
         train=make_train(f"{paper_id}.presets.{preset}.train", train), stages=stages,
         teacher_train=teacher_train, seed=seed, statistic=spec.get("statistic", "best"),
-        data_subset=p.get("data_subset"),
+        data_subset=merge(p.get("data_subset") or {}, overrides.get("data_subset", {})) or None,
     )
 
 
