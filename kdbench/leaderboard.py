@@ -88,7 +88,7 @@ def paper_section(paper: Paper, groups, prof_table, points) -> str:
                 f"{prof['macs'] / 1e6:.1f}M" if prof else "–",
                 f"{prof['latency_b1']['median_ms']:.2f}" if prof else "–",
             ])
-            if target and prof:
+            if target and prof and target.dataset == "cifar100":
                 points.append({"paper": paper.id, "acc": target.top1, "params": prof["params"],
                                "latency": prof["latency_b1"]["median_ms"], "kind": "reported"})
                 if recs:
