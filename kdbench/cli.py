@@ -83,9 +83,11 @@ def _profile(args) -> int:
 
 
 def _teachers(args) -> int:
+    from .config import parse_overrides
     from .teachers_train import train_and_install
+    overrides = parse_overrides(args.set)
     for model in args.models:
-        print(f"installed {train_and_install(model, preset=args.preset, device=args.device)}")
+        print(f"installed {train_and_install(model, preset=args.preset, device=args.device, overrides=overrides)}")
     return 0
 
 
@@ -135,6 +137,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("models", nargs="+")
     p.add_argument("--preset", default="paper")
     p.add_argument("--device", default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=_teachers)
     return ap
 

@@ -80,6 +80,8 @@ def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool 
     run_dir = runs_root() / cfg.paper / cfg.preset / cfg.pair / f"seed{cfg.seed}"
     num_classes = DATASETS[cfg.dataset]["num_classes"]
     amp, channels_last = resolve_precision(cfg.train, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def train_teacher(arch: str, train_cfg: TrainConfig, out_dir: Path):
@@ -92,9 +94,9 @@ def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool 
         state = fit(Vanilla(model), t_train, t_test, train_cfg, run_dir=out_dir, log=log)
         return model, {"best_top1": state["best_top1"], "last_top1": state["history"][-1]["test_top1"]}
 
+    train_loader, test_loader, _ = loaders_for(cfg, cfg.train, device, channels_last)  # data first: fail early
     teacher, teacher_info = teachers.get_teacher(cfg, num_classes, device, train_teacher)
     seed_everything(cfg.seed)
-    train_loader, test_loader, _ = loaders_for(cfg, cfg.train, device, channels_last)
     if teacher is not None:
         teacher = teacher.to(memory_format=memory_format)
         teacher_info["measured_top1"] = accuracy(teacher, test_loader, amp=amp)["top1"]

@@ -2,11 +2,12 @@
 published-teacher loader looks first (``$KDBENCH_DATA/teachers/local/<model>_vanilla/``)."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from . import checkpoint
 from .models import resolve_name
-from .registry import get_paper
+from .registry import Paper, get_paper
 from .reproduce import pick_device, plan, run_one
 from .teachers import teacher_dir
 
@@ -15,9 +16,13 @@ def local_teacher_path(model: str) -> Path:
     return teacher_dir() / "local" / f"{resolve_name(model)}_vanilla" / "ckpt_epoch_240.pth"
 
 
-def train_and_install(model: str, preset: str = "paper", device=None) -> Path:
+def train_and_install(model: str, preset: str = "paper", device=None, overrides: dict | None = None) -> Path:
     paper = get_paper("vanilla")
-    (cfg,) = plan(paper, preset, [model], [0], {})
+    if model not in paper.pairs(preset):  # any zoo model can be a teacher, with the preset's recipe
+        spec = copy.deepcopy(paper.spec)
+        spec["presets"][preset]["pairs"][model] = {}
+        paper = Paper(paper.id, paper.folder, spec)
+    (cfg,) = plan(paper, preset, [model], [0], overrides or {})
     record = run_one(paper, cfg, device=pick_device(device))
     saved = checkpoint.load(Path(record["run_dir"]) / "checkpoint-main.pt")
     state = {k[len("student."):]: v for k, v in saved["model"].items() if k.startswith("student.")}

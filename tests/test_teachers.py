@@ -51,3 +51,15 @@ def test_missing_teacher_without_network_is_one_line(sandbox, monkeypatch):
         teachers.published_checkpoint("resnet32x4")
     msg = str(err.value)
     assert "\n" not in msg and "resnet32x4_vanilla/ckpt_epoch_240.pth" in msg and "KDBENCH_DATA" in msg
+
+
+def test_make_teachers_installs_where_the_published_loader_looks_first(sandbox, capsys):
+    from kdbench.cli import main
+    argv = ["teachers", "resnet14", "--preset", "smoke", "--set", "train.epochs=1",
+            "--set", "data_subset.train_per_class=4"]
+    assert main(argv) == 0
+    assert "installed" in capsys.readouterr().out
+    path = teachers.published_checkpoint("resnet14")  # no download attempted: the local file wins
+    assert path == sandbox / "data/teachers/local/resnet14_vanilla/ckpt_epoch_240.pth"
+    model, info = teachers.load_published("resnet14", 100, torch.device("cpu"))
+    assert info["path"] == str(path) and 0.0 <= info["reported_top1"] <= 100.0
