@@ -9,10 +9,10 @@ import torch
 
 from .config import TrainConfig
 from .distiller import StepContext
-from .evaluate import autocast, device_name
+from .evaluate import device_name
 from .models import create_model
 from .registry import get_paper
-from .train import resolve_precision
+from .train import resolve_precision, train_step
 
 
 def make_step(pair: str, batch_size: int, device, amp: str = "auto", channels_last: str = "auto"):
@@ -31,13 +31,7 @@ def make_step(pair: str, batch_size: int, device, amp: str = "auto", channels_la
     ctx = StepContext(epoch=1, epochs=1)
 
     def step():
-        with autocast(device, use_amp):
-            _, losses = distiller(x, y, ctx)
-        loss = sum(losses.values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss
+        return sum(train_step(distiller, opt, x, y, ctx, use_amp).values()).detach()
 
     return step, {"precision": "bf16" if use_amp else "fp32", "channels_last": cl}
 

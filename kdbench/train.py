@@ -28,6 +28,16 @@ def _state(distiller: Distiller) -> dict:
     return {k: v for k, v in distiller.state_dict().items() if not k.startswith("teacher.")}
 
 
+def train_step(distiller: Distiller, optimizer, images, labels, ctx: StepContext, amp: bool) -> dict:
+    """One optimisation step on the sum of the method's named loss terms; returns the terms."""
+    with autocast(images.device, amp):
+        _, losses = distiller(images, labels, ctx)
+    optimizer.zero_grad(set_to_none=True)
+    sum(losses.values()).backward()
+    optimizer.step()
+    return losses
+
+
 def fit(distiller: Distiller, train_loader, test_loader, cfg: TrainConfig, *, run_dir: Path,
         stage: str = "main", resume: bool = False, progress: bool | None = None, log=None) -> dict:
     """Train ``distiller`` for ``cfg.epochs`` epochs; return the stage summary."""
@@ -62,12 +72,7 @@ def fit(distiller: Distiller, train_loader, test_loader, cfg: TrainConfig, *, ru
                    disable=not (sys.stderr.isatty() if progress is None else progress))
         for images, labels, indices in bar:
             ctx = StepContext(epoch=epoch, epochs=cfg.epochs, stage=stage, indices=indices)
-            with autocast(device, amp):
-                logits, losses = distiller(images, labels, ctx)
-            loss = sum(losses.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            losses = train_step(distiller, optimizer, images, labels, ctx, amp)
             for name, value in losses.items():  # stays on the device: no sync per step
                 sums[name] = sums.get(name, 0.0) + value.detach().float() * labels.shape[0]
             seen += labels.shape[0]
