@@ -71,9 +71,8 @@ def paper_section(paper: Paper, groups, prof_table, points) -> str:
             recs = [r for r in groups.get((paper.id, preset, pair), []) if not record_problem(paper, r)]
             mean, std = _mean_std([r["reported_top1"] for r in recs])
             last_mean, _ = _mean_std([r["last_top1"] for r in recs])
-            teacher, student = (spec["pairs"][pair] or {}).get("teacher"), (spec["pairs"][pair] or {}).get("student")
             t_name, s_name = pair.split("-", 1) if "-" in pair else ("", pair)
-            key = _model_key(student or s_name)
+            key = _model_key((spec["pairs"][pair] or {}).get("student") or s_name)
             prof, device = prof_table.get(key, (None, None)) if key else (None, None)
             extra = max((r["params"]["extra"] for r in recs), default=None)
             rows.append([

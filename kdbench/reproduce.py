@@ -65,10 +65,10 @@ def build_distiller(paper: Paper, cfg: RunConfig, student, teacher, dry: bool = 
     return None if dry else cls(student, teacher, **cfg.method)
 
 
-def loaders_for(cfg: RunConfig, train: TrainConfig, device, channels_last: bool):
-    return make_loaders(cfg.dataset, batch_size=train.batch_size, device=device, seed=cfg.seed,
-                        test_batch_size=train.test_batch_size, channels_last=channels_last,
-                        subset=cfg.data_subset)
+def loaders_for(cfg: RunConfig, train: TrainConfig, device, channels_last: bool, seed: int | None = None):
+    return make_loaders(cfg.dataset, batch_size=train.batch_size, device=device,
+                        seed=cfg.seed if seed is None else seed, test_batch_size=train.test_batch_size,
+                        channels_last=channels_last, subset=cfg.data_subset)
 
 
 def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool = False,
@@ -86,9 +86,7 @@ def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool 
 
     def train_teacher(arch: str, train_cfg: TrainConfig, out_dir: Path):
         log(f"training teacher {arch} on {cfg.dataset} (cached in {out_dir})")
-        t_train, t_test, _ = make_loaders(cfg.dataset, batch_size=train_cfg.batch_size, device=device, seed=0,
-                                          test_batch_size=train_cfg.test_batch_size, channels_last=channels_last,
-                                          subset=cfg.data_subset)
+        t_train, t_test, _ = loaders_for(cfg, train_cfg, device, channels_last, seed=0)
         seed_everything(0)
         model = create_model(arch, num_classes=num_classes).to(device, memory_format=memory_format)
         state = fit(Vanilla(model), t_train, t_test, train_cfg, run_dir=out_dir, log=log)
@@ -111,8 +109,7 @@ def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool 
     last = next(h for h in reversed(history) if "test_top1" in h)
     image_size = 224 if cfg.dataset == "imagenet" else 32
     prof = profile(student, image_size=image_size, amp=amp, channels_last=channels_last,
-                   iters=latency_iters, warmup=max(2, latency_iters // 5),
-                   throughput_batch=256 if device.type == "cuda" else 64)
+                   iters=latency_iters, warmup=max(2, latency_iters // 5))
     record = {
         "paper": cfg.paper, "method": type(distiller).__name__, "dataset": cfg.dataset,
         "teacher": cfg.teacher, "student": cfg.student, "pair": cfg.pair, "preset": cfg.preset,

@@ -3,6 +3,7 @@ with ``weights_only=True``), or a teacher trained here with a preset's recipe
 and cached by the hash of that recipe."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -114,7 +115,6 @@ def get_teacher(cfg, num_classes: int, device, train_teacher) -> tuple[torch.nn.
         return load_published(cfg.teacher, num_classes, device)
     if cfg.teacher_source != "train":
         raise UsageError(f"unknown teacher_source {cfg.teacher_source!r}; choose from: none, published, train")
-    import dataclasses
     train_cfg = dataclasses.asdict(cfg.teacher_train)
     key = trained_key(cfg.teacher, cfg.dataset, train_cfg, cfg.data_subset, seed=0)
     path = trained_path(cfg.teacher, cfg.dataset, key)
