@@ -21,7 +21,7 @@ from tabulate import tabulate
 from . import results
 from .checkpoint import atomic_write_json
 from .config import resolve
-from .registry import Paper, get_paper, normalise_dataset, papers
+from .registry import Paper, get_paper, normalise_dataset, papers_and_variants
 
 SMOKE_REFERENCE = "smoke_reference.json"
 
@@ -51,7 +51,7 @@ def record_problem(paper: Paper, rec: dict) -> str | None:
 def evaluate(records: list[dict], paper_ids=None, tolerance: float | None = None) -> list[dict]:
     rows = []
     groups = group_records(records)
-    for paper in papers().values():
+    for paper in papers_and_variants({r["paper"] for r in records}):
         if paper_ids and paper.id not in paper_ids:
             continue
         ref_path = paper.folder / SMOKE_REFERENCE

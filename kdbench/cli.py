@@ -24,29 +24,36 @@ def _list(args) -> int:
 def _reproduce(args) -> int:
     from .config import parse_overrides
     from .registry import get_paper
+    from .registry import papers
     from .reproduce import pick_device, plan, run_one
-    paper = get_paper(args.paper)
     preset = args.preset
-    paper.preset(preset)
-    if args.pair in (None, ""):
-        pairs = [paper.default_pair(preset)]
-    elif args.pair == "all":
-        pairs = paper.pairs(preset)
+    if args.paper == "all":  # every paper that has this preset (CI runs all smoke presets this way)
+        chosen = [p for p in papers().values() if preset in p.presets]
     else:
-        pairs = args.pair.split(",")
+        chosen = [get_paper(args.paper)]
+        chosen[0].preset(preset)
     if args.seed is not None:
         seeds = [int(s) for s in str(args.seed).split(",")]
     else:
         if args.seeds < 1:
             raise UsageError("--seeds must be at least 1")
         seeds = list(range(args.seeds))
-    configs = plan(paper, preset, pairs, seeds, parse_overrides(args.set))
+    overrides = parse_overrides(args.set)
+    jobs = []
+    for paper in chosen:
+        if args.pair in (None, ""):
+            pairs = [paper.default_pair(preset)]
+        elif args.pair == "all":
+            pairs = paper.pairs(preset)
+        else:
+            pairs = args.pair.split(",")
+        jobs += [(paper, cfg) for cfg in plan(paper, preset, pairs, seeds, overrides)]
     if args.dry_run:
-        print(json.dumps([c.to_dict() for c in configs], indent=2))
+        print(json.dumps([cfg.to_dict() for _, cfg in jobs], indent=2))
         return 0
     device = pick_device(args.device)
     records = [run_one(paper, cfg, device=device, resume=args.resume, latency_iters=args.latency_iters,
-                       results_dir=Path(args.results_dir) if args.results_dir else None) for cfg in configs]
+                       results_dir=Path(args.results_dir) if args.results_dir else None) for paper, cfg in jobs]
     print(json.dumps([{k: r[k] for k in ("paper", "preset", "pair", "seed", "best_top1", "best_epoch",
                                          "last_top1", "wall_time_s")} for r in records], indent=2))
     return 0
@@ -98,7 +105,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_list)
     p = sub.add_parser("reproduce", help="train a paper's recipe and record the result")
-    p.add_argument("paper")
+    p.add_argument("paper", help="paper id, <paper>+kd to add Hinton's KD term, or 'all'")
     p.add_argument("--preset", default="paper")
     p.add_argument("--pair", default=None, help="teacher-student, comma-separated, or 'all' (default: the preset's default pair)")
     p.add_argument("--seeds", type=int, default=1, help="run seeds 0..N-1")

@@ -68,6 +68,7 @@ class RunConfig:
     seed: int = 0
     statistic: str = "best"  # which top-1 the paper reports: best | last
     data_subset: dict | None = None  # synthetic-size options for smoke presets
+    kd: dict | None = None  # {"weight", "temperature"}: add Hinton's KD term to the method (+kd)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -77,7 +78,8 @@ class RunConfig:
 
 
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
-PRESET_KEYS = {"dataset", "reported_source", "reported_method", "teacher_source", "seeds", "default_pair", "pairs", "train", "method",
+KD_KEYS = {"weight", "temperature"}
+PRESET_KEYS = {"kd", "dataset", "reported_source", "reported_method", "teacher_source", "seeds", "default_pair", "pairs", "train", "method",
                "stages", "teacher_train", "description", "data_subset"}
 PAIR_KEYS = {"teacher", "student", "train", "method", "teacher_train"}
 AMP_CHOICES = {"auto", "bf16", "off"}
@@ -146,7 +148,7 @@ def resolve(paper_id: str, spec: dict, preset: str, pair: str, seed: int, overri
     pair_raw = p["pairs"][pair] or {}
     _strict(f"{paper_id}.presets.{preset}.pairs.{pair}", pair_raw, PAIR_KEYS)
     overrides = overrides or {}
-    _strict("--set", overrides, {"train", "method", "teacher_train", "teacher_source", "dataset", "data_subset"})
+    _strict("--set", overrides, {"train", "method", "teacher_train", "teacher_source", "dataset", "data_subset", "kd"})
     defaults = spec.get("defaults", {})
     train = merge(defaults.get("train", {}), p.get("train", {}), pair_raw.get("train", {}), overrides.get("train", {}))
     method = merge(defaults.get("method", {}), p.get("method", {}), pair_raw.get("method", {}), overrides.get("method", {}))
@@ -162,6 +164,11 @@ def resolve(paper_id: str, spec: dict, preset: str, pair: str, seed: int, overri
     if source == "train":
         raw = merge(train, p.get("teacher_train", {}), pair_raw.get("teacher_train", {}), overrides.get("teacher_train", {}))
         teacher_train = make_train(f"{paper_id}.presets.{preset}.teacher_train", raw)
+    kd = merge(defaults.get("kd") or {}, p.get("kd") or {}, overrides.get("kd", {})) or None
+    if kd is not None:
+        _strict(f"{paper_id}.kd", kd, KD_KEYS)
+        if set(kd) != KD_KEYS:
+            raise UsageError(f"malformed config: {paper_id}.kd needs both weight and temperature")
     stages = [StageConfig(s["name"], make_train(f"{paper_id}.stages.{s['name']}", merge(train, s.get("train", {}))))
               for s in p.get("stages", [])]
     return RunConfig(
@@ -169,7 +176,7 @@ def resolve(paper_id: str, spec: dict, preset: str, pair: str, seed: int, overri
         student=student, teacher=teacher, teacher_source=source, method=method,
         train=make_train(f"{paper_id}.presets.{preset}.train", train), stages=stages,
         teacher_train=teacher_train, seed=seed, statistic=spec.get("statistic", "best"),
-        data_subset=merge(p.get("data_subset") or {}, overrides.get("data_subset", {})) or None,
+        data_subset=merge(p.get("data_subset") or {}, overrides.get("data_subset", {})) or None, kd=kd,
     )
 
 

@@ -73,7 +73,47 @@ class Distiller(nn.Module):
 
     @torch.no_grad()
     def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
-        return self.teacher(images)
+        """The frozen teacher's logits (no grad). Methods get teacher outputs only through this or
+        :meth:`teacher_features`, so a combined loss (``+kd``) can reuse them without a second pass."""
+        logits = self.teacher(images)
+        self._teacher_step = (images, logits)
+        return logits
+
+    @torch.no_grad()
+    def teacher_features(self, images: torch.Tensor):
+        """The frozen teacher's ``FeatureOutput(logits, feats, preact_feats)`` (no grad)."""
+        out = self.teacher.forward_features(images)
+        self._teacher_step = (images, out.logits)
+        return out
+
+    def step_teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Teacher logits of this step's batch: reused if the method already ran the teacher."""
+        cached = self.__dict__.pop("_teacher_step", None)
+        if cached is not None and cached[0] is images:
+            return cached[1]
+        return self.teacher_logits(images)
+
+
+def add_kd(distiller: Distiller, weight: float, temperature: float) -> Distiller:
+    """Add Hinton's KD term ``loss_kd_plus`` to any method (the CRD table's "+KD" rows).
+
+    A forward hook on the distiller: it takes the step's student logits and the teacher logits the
+    method already computed (or runs the teacher once), so no method needs code for it and the
+    state dict is unchanged.
+    """
+    from .losses import kd_loss
+
+    if distiller.teacher is None:
+        raise ValueError("+kd needs a teacher")
+
+    def hook(module: Distiller, args, output):
+        images = args[0]
+        logits, losses = output
+        teacher_logits = module.step_teacher_logits(images)
+        return logits, {**losses, "loss_kd_plus": weight * kd_loss(logits, teacher_logits, temperature)}
+
+    distiller.register_forward_hook(hook)
+    return distiller
 
 
 class Vanilla(Distiller):

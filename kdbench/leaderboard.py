@@ -12,7 +12,7 @@ from .checkpoint import atomic_write_text
 from .check import group_records, record_problem
 from .models import resolve_name
 from .profiles import load_profiles
-from .registry import Paper, papers
+from .registry import Paper, papers_and_variants
 
 HEADER = """# kdbench leaderboard
 
@@ -140,11 +140,13 @@ def plots(points, out_dir: Path, device: str | None) -> list[str]:
 
 def build(results_dir: Path | None = None, out_dir: Path = Path("leaderboard")) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
-    groups = group_records(results.load_all(results_dir))
+    records = results.load_all(results_dir)
+    groups = group_records(records)
     profiles = load_profiles(results_dir)
     prof_table = _profile_lookup(profiles)
     points: list[dict] = []
-    sections = [paper_section(p, groups, prof_table, points) for p in papers().values()]
+    sections = [paper_section(p, groups, prof_table, points)
+                for p in papers_and_variants({r["paper"] for r in records})]
     device = profiles[0]["device"] if profiles else None
     foot = []
     if profiles:

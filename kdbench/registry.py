@@ -6,6 +6,7 @@ a ``reported.csv`` (numbers with their sources) and the method module.
 """
 from __future__ import annotations
 
+import copy
 import csv
 import functools
 import importlib
@@ -174,8 +175,38 @@ def papers() -> dict[str, Paper]:
     return out
 
 
+KD_SUFFIX = "+kd"
+# The CRD table's "+KD" rows: the method's own loss plus Hinton KD with weight 1 at T = 4
+# (RepDistiller scripts/run_cifar_distill.sh, e.g. CRD+KD: -r 1 -a 1 -b 0.8 --kd_T 4).
+PLUS_KD = {"weight": 1.0, "temperature": 4.0}
+
+
+def with_kd(paper: Paper) -> Paper:
+    """``<paper>+kd``: the same recipe with the KD term added; checked against ``<METHOD>+KD`` rows."""
+    spec = copy.deepcopy(paper.spec)
+    spec["paper"] = paper.id + KD_SUFFIX
+    spec["title"] = f"{paper.title} + KD"
+    spec.setdefault("defaults", {})["kd"] = dict(PLUS_KD)
+    for preset in spec["presets"].values():
+        if preset.get("reported_method"):
+            preset["reported_method"] += "+KD"
+    return Paper(spec["paper"], paper.folder, spec)
+
+
 def get_paper(paper_id: str) -> Paper:
     registry = papers()
+    if paper_id.endswith(KD_SUFFIX) and paper_id[: -len(KD_SUFFIX)] in registry:
+        return with_kd(registry[paper_id[: -len(KD_SUFFIX)]])
     if paper_id not in registry:
-        raise choices("paper", paper_id, registry)
+        raise choices("paper", paper_id, [*registry, f"<paper>{KD_SUFFIX}"])
     return registry[paper_id]
+
+
+def papers_and_variants(record_ids=()) -> list[Paper]:
+    """Every paper, plus its ``+kd`` variant where runs of it are recorded or ``+KD`` numbers reported."""
+    out = []
+    for paper in papers().values():
+        out.append(paper)
+        if paper.id + KD_SUFFIX in record_ids or any(r.method.upper().endswith("+KD") for r in paper.reported):
+            out.append(with_kd(paper))
+    return out

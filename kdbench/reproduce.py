@@ -13,7 +13,7 @@ import torch
 from . import results, teachers
 from .config import RunConfig, TrainConfig, resolve
 from .data import DATASETS, make_loaders
-from .distiller import Vanilla
+from .distiller import Vanilla, add_kd
 from .errors import UsageError
 from .evaluate import accuracy, count_parameters, device_name, profile
 from .models import create_model, resolve_name
@@ -62,7 +62,12 @@ def build_distiller(paper: Paper, cfg: RunConfig, student, teacher, dry: bool = 
     if unknown:
         raise UsageError(f"malformed config: unknown method option(s) {sorted(unknown)} for {cls.__name__}; "
                          f"valid: {', '.join(valid)}")
-    return None if dry else cls(student, teacher, **cfg.method)
+    if dry:
+        if cfg.kd and cfg.teacher is None:
+            raise UsageError(f"{cfg.paper}: +kd needs a teacher, and pair {cfg.pair!r} has none")
+        return None
+    distiller = cls(student, teacher, **cfg.method)
+    return add_kd(distiller, **cfg.kd) if cfg.kd else distiller
 
 
 def loaders_for(cfg: RunConfig, train: TrainConfig, device, channels_last: bool, seed: int | None = None):
