@@ -7,7 +7,8 @@ submodules. Its training ``forward`` returns the student logits and a dict of
 *named, already weighted* loss terms; the trainer sums the terms and logs each
 by name. Nothing else is special-cased in the trainer:
 
-* per-sample needs (CRD's memory bank) read ``ctx.indices``;
+* per-sample needs (CRD's memory bank) read ``ctx.indices``; a method whose ``__init__`` declares
+  ``data`` receives a :class:`DataInfo` (dataset size, classes, training labels);
 * epoch-dependent weights (DKD's warm-up) read ``ctx.epoch``;
 * multi-stage recipes (AB, FT, FSP initialisation) declare ``stages`` in the
   paper config; ``ctx.stage`` names the stage being trained and
@@ -33,6 +34,18 @@ class StepContext:
     epochs: int  # epochs in this stage
     stage: str = "main"
     indices: torch.Tensor | None = None  # dataset positions of the batch samples
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a method may know about its training set at construction (e.g. CRD's memory bank
+    needs one slot per sample and the labels to draw negatives). A method receives it by
+    declaring a ``data`` parameter in ``__init__``."""
+
+    num_samples: int
+    num_classes: int
+    image_size: int
+    train_labels: torch.Tensor  # int64, on the run's device, indexed like ``StepContext.indices``
 
 
 class Distiller(nn.Module):

@@ -13,7 +13,7 @@ import torch
 from . import results, teachers
 from .config import RunConfig, TrainConfig, resolve
 from .data import DATASETS, make_loaders
-from .distiller import Vanilla, add_kd
+from .distiller import DataInfo, Vanilla, add_kd
 from .errors import UsageError
 from .evaluate import accuracy, count_parameters, device_name, profile
 from .models import create_model, resolve_name
@@ -54,10 +54,10 @@ def plan(paper: Paper, preset: str, pairs: list[str], seeds: list[int], override
     return configs
 
 
-def build_distiller(paper: Paper, cfg: RunConfig, student, teacher, dry: bool = False):
+def build_distiller(paper: Paper, cfg: RunConfig, student, teacher, dry: bool = False, data: DataInfo | None = None):
     cls = paper.method_class()
     params = inspect.signature(cls.__init__).parameters
-    valid = [n for n in params if n not in ("self", "student", "teacher")]
+    valid = [n for n in params if n not in ("self", "student", "teacher", "data")]
     unknown = set(cfg.method) - set(valid)
     if unknown:
         raise UsageError(f"malformed config: unknown method option(s) {sorted(unknown)} for {cls.__name__}; "
@@ -66,7 +66,8 @@ def build_distiller(paper: Paper, cfg: RunConfig, student, teacher, dry: bool = 
         if cfg.kd and cfg.teacher is None:
             raise UsageError(f"{cfg.paper}: +kd needs a teacher, and pair {cfg.pair!r} has none")
         return None
-    distiller = cls(student, teacher, **cfg.method)
+    extra = {"data": data} if "data" in params else {}
+    distiller = cls(student, teacher, **cfg.method, **extra)
     return add_kd(distiller, **cfg.kd) if cfg.kd else distiller
 
 
@@ -105,7 +106,9 @@ def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool 
         teacher_info["measured_top1"] = accuracy(teacher, test_loader, amp=amp)["top1"]
         log(f"teacher {cfg.teacher}: top1 {teacher_info['measured_top1']:.2f} ({teacher_info['source']})")
     student = create_model(cfg.student, num_classes=num_classes).to(device, memory_format=memory_format)
-    distiller = build_distiller(paper, cfg, student, teacher).to(device)
+    data = DataInfo(num_samples=train_loader.num_samples, num_classes=num_classes,
+                    image_size=DATASETS[cfg.dataset]["image_size"], train_labels=train_loader.labels)
+    distiller = build_distiller(paper, cfg, student, teacher, data=data).to(device)
     for stage in cfg.stages:
         fit(distiller, train_loader, test_loader, stage.train, run_dir=run_dir, stage=stage.name,
             resume=resume, log=log)

@@ -92,3 +92,34 @@ def test_named_terms_extra_parameters_indices_and_stages(tmp_path):
     assert method.teacher.training is False
     saved = torch.load(tmp_path / "checkpoint-main.pt", weights_only=True)
     assert not any(k.startswith("teacher.") for k in saved["model"]) and "connector.weight" in saved["model"]
+
+
+def test_methods_declaring_data_receive_the_training_set_description(sandbox):
+    """A method that declares ``data`` (as CRD's memory bank needs) gets size, classes and labels."""
+    import types
+
+    from kdbench.config import resolve
+    from kdbench.registry import get_paper
+    from kdbench.reproduce import build_distiller
+
+    seen = {}
+
+    class NeedsData(Distiller):
+        def __init__(self, student, teacher, data, weight: float = 1.0):
+            super().__init__(student, teacher)
+            seen["data"], seen["weight"] = data, weight
+
+    paper = get_paper("dkd")
+    fake = types.SimpleNamespace(**{k: getattr(paper, k) for k in ("id", "spec")}, method_class=lambda: NeedsData)
+    cfg = resolve("dkd", paper.spec, "smoke", "resnet20-resnet8", 0)
+    cfg.method = {"weight": 2.0}
+    from kdbench.distiller import DataInfo
+    info = DataInfo(num_samples=96, num_classes=10, image_size=32, train_labels=torch.zeros(96, dtype=torch.long))
+    build_distiller(fake, cfg, tiny_net(), tiny_net(), data=info)
+    assert seen == {"data": info, "weight": 2.0}
+    cfg.method = {"data": 1}
+    import pytest
+
+    from kdbench.errors import UsageError
+    with pytest.raises(UsageError, match="unknown method option"):
+        build_distiller(fake, cfg, tiny_net(), tiny_net(), dry=True)

@@ -45,6 +45,15 @@ class ImageNetLoader:
         self.drop_last, self.channels_last = drop_last, channels_last
         self.epoch = 0
 
+    @property
+    def num_samples(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """All labels in dataset order (ImageFolder keeps them in ``targets``), on the device."""
+        return torch.as_tensor(self.dataset.dataset.targets, dtype=torch.int64, device=self.device)
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
