@@ -79,7 +79,7 @@ class RunConfig:
 
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
 KD_KEYS = {"weight", "temperature"}
-PRESET_KEYS = {"kd", "dataset", "reported_source", "reported_method", "teacher_source", "seeds", "default_pair", "pairs", "train", "method",
+PRESET_KEYS = {"kd", "plus_kd_source", "dataset", "reported_source", "reported_method", "teacher_source", "seeds", "default_pair", "pairs", "train", "method",
                "stages", "teacher_train", "description", "data_subset"}
 PAIR_KEYS = {"teacher", "student", "train", "method", "teacher_train"}
 AMP_CHOICES = {"auto", "bf16", "off"}

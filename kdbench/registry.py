@@ -190,6 +190,7 @@ def with_kd(paper: Paper) -> Paper:
     for preset in spec["presets"].values():
         if preset.get("reported_method"):
             preset["reported_method"] += "+KD"
+            preset["reported_source"] = preset.pop("plus_kd_source", preset.get("reported_source"))
     return Paper(spec["paper"], paper.folder, spec)
 
 
