@@ -81,7 +81,7 @@ TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
 KD_KEYS = {"weight", "temperature"}
 PRESET_KEYS = {"kd", "plus_kd_source", "dataset", "reported_source", "reported_method", "teacher_source", "seeds", "default_pair", "pairs", "train", "method",
                "stages", "teacher_train", "description", "data_subset"}
-PAIR_KEYS = {"teacher", "student", "train", "method", "teacher_train"}
+PAIR_KEYS = {"teacher", "student", "train", "method", "teacher_train", "stages"}
 AMP_CHOICES = {"auto", "bf16", "off"}
 TEACHER_SOURCES = {"published", "train", "none"}
 
@@ -170,7 +170,7 @@ def resolve(paper_id: str, spec: dict, preset: str, pair: str, seed: int, overri
         if set(kd) != KD_KEYS:
             raise UsageError(f"malformed config: {paper_id}.kd needs both weight and temperature")
     stages = [StageConfig(s["name"], make_train(f"{paper_id}.stages.{s['name']}", merge(train, s.get("train", {}))))
-              for s in p.get("stages", [])]
+              for s in pair_raw.get("stages", p.get("stages", []))]  # a pair may replace the preset's stages
     return RunConfig(
         paper=paper_id, preset=preset, pair=pair, dataset=overrides.get("dataset", p["dataset"]),
         student=student, teacher=teacher, teacher_source=source, method=method,

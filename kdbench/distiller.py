@@ -66,7 +66,8 @@ class Distiller(nn.Module):
         return self
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, ctx: StepContext):
-        """Return ``(student_logits, {"loss_name": weighted_loss_tensor, ...})``."""
+        """Return ``(student_logits, {"loss_name": weighted_loss_tensor, ...})``; the logits may be
+        None in a stage where the student does not run (e.g. FT's paraphraser initialisation)."""
         raise NotImplementedError
 
     def extra_modules(self) -> dict[str, nn.Module]:
@@ -122,6 +123,8 @@ def add_kd(distiller: Distiller, weight: float, temperature: float) -> Distiller
     def hook(module: Distiller, args, output):
         images = args[0]
         logits, losses = output
+        if logits is None:  # a stage in which the student does not run
+            return output
         teacher_logits = module.step_teacher_logits(images)
         return logits, {**losses, "loss_kd_plus": weight * kd_loss(logits, teacher_logits, temperature)}
 
