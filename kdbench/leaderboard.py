@@ -101,7 +101,7 @@ def paper_section(paper: Paper, groups, prof_table, points) -> str:
     smoke = [r for (pid, preset, pair), recs in sorted(groups.items()) if pid == paper.id and not paper.targets(preset)
              for r in sorted(recs, key=lambda r: r["seed"])]
     if smoke:
-        out += [f"### Smoke runs (synthetic data; not comparable with the paper)", "",
+        out += ["### Smoke runs (synthetic data; not comparable with the paper)", "",
                 tabulate([[r["preset"], r["pair"], r["dataset"], r["seed"], r["epochs"], _fmt(r["best_top1"]),
                            _fmt(r["last_top1"]), r["device"], r["git_commit"][:8], f"{r['wall_time_s']:.0f}"]
                           for r in smoke],

@@ -16,3 +16,9 @@ def kd_loss(logits_student: torch.Tensor, logits_teacher: torch.Tensor, temperat
     log_p_t = F.log_softmax(logits_teacher.float() / t, dim=1)
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
     return kl.mean() * t * t
+
+
+def float32(x: torch.Tensor) -> torch.Tensor:
+    """Half/bfloat16 (autocast) activations upcast to float32; float32/float64 kept as they are.
+    Feature losses (Gram matrices, kernels, normalisations) run on these with autocast disabled."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x

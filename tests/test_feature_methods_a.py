@@ -15,7 +15,8 @@ from kdbench.reproduce import build_distiller  # noqa: E402
 from reproductions.at.loss import at_layer_loss, at_loss, attention_map  # noqa: E402
 from reproductions.at.method import AT  # noqa: E402
 from reproductions.fitnet.loss import hint_loss  # noqa: E402
-from reproductions.fitnet.method import ConvRegressor, FitNet  # noqa: E402
+from kdbench.connectors import ConvReg as ConvRegressor  # noqa: E402
+from reproductions.fitnet.method import FitNet  # noqa: E402
 from reproductions.pkt.loss import cosine_probabilities, pkt_loss  # noqa: E402
 from reproductions.pkt.method import PKT  # noqa: E402
 from reproductions.sp.loss import sp_loss  # noqa: E402

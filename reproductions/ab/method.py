@@ -1,10 +1,10 @@
-import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdbench.connectors import ConvReg, place_like, probe_features
 from kdbench.distiller import Distiller
 
-from .loss import ConvReg, ab_losses
+from .loss import ab_losses
 
 
 class AB(Distiller):
@@ -15,9 +15,10 @@ class AB(Distiller):
     def __init__(self, student, teacher, ce_weight: float = 1.0, margin: float = 1.0):
         super().__init__(student, teacher)
         self.ce_weight, self.margin = ce_weight, margin
-        s_shapes, t_shapes = _shapes(student), _shapes(teacher)
-        self.connector = nn.ModuleList(
-            nn.Identity() if s == t else ConvReg(s, t) for s, t in zip(s_shapes, t_shapes))
+        s_shapes = [tuple(f.shape[1:]) for f in probe_features(student).preact_feats[1:-1]]
+        t_shapes = [tuple(f.shape[1:]) for f in probe_features(teacher).preact_feats[1:-1]]
+        self.connector = place_like(nn.ModuleList(  # RepDistiller Connector: ConvReg without ReLU
+            nn.Identity() if s == t else ConvReg(s, t, use_relu=False) for s, t in zip(s_shapes, t_shapes)), student)
 
     def trainable_parameters(self, stage: str = "main"):
         if stage == "init":
@@ -38,13 +39,3 @@ class AB(Distiller):
             g_s = [c(f) for c, f in zip(self.connector, s.preact_feats[1:-1])]
             return s.logits, {"loss_ab": sum(ab_losses(g_s, t.preact_feats[1:-1], self.margin))}
         return s.logits, {"loss_ce": self.ce_weight * F.cross_entropy(s.logits, labels)}
-
-
-@torch.no_grad()
-def _shapes(model) -> list[tuple[int, int, int]]:
-    """(C, H, W) of preact_feats[1:-1] at 32x32, from a dummy pass in eval mode (as the official code)."""
-    was_training = model.training
-    model.eval()
-    out = model.forward_features(torch.zeros(2, 3, 32, 32, device=next(model.parameters()).device))
-    model.train(was_training)
-    return [tuple(f.shape[1:]) for f in out.preact_feats[1:-1]]

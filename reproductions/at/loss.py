@@ -16,10 +16,7 @@ szagoruyko/attention-transfer, plus a spatial alignment for heterogeneous pairs)
 import torch
 import torch.nn.functional as F
 
-
-def _fp32(x: torch.Tensor) -> torch.Tensor:
-    """Half/bfloat16 (autocast) activations are upcast to float32; float32/float64 are kept."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+from kdbench.losses import float32 as _fp32
 
 
 def attention_map(feat: torch.Tensor, p: float = 2.0) -> torch.Tensor:

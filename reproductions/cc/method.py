@@ -1,24 +1,10 @@
-import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdbench.connectors import probe_features
 from kdbench.distiller import Distiller
 
 from .loss import cc_loss
-
-
-@torch.no_grad()
-def probe_features(model: nn.Module, image_size: int = 32) -> list[torch.Tensor]:
-    """``feats`` of a dummy (2, 3, size, size) batch in eval mode, as the official ``train_student.py``
-    sizes its embeddings and regressors (``torch.randn(2, 3, 32, 32)`` through ``model.eval()``)."""
-    param = next(model.parameters())
-    was_training = model.training
-    model.eval()
-    try:
-        x = torch.randn(2, 3, image_size, image_size, device=param.device, dtype=param.dtype)
-        return model.forward_features(x).feats
-    finally:
-        model.train(was_training)
 
 
 class LinearEmbed(nn.Module):
@@ -46,8 +32,8 @@ class CC(Distiller):
         if teacher is None:
             raise ValueError("CC needs a teacher")
         self.ce_weight, self.cc_weight = ce_weight, cc_weight
-        s_dim = probe_features(student)[-1].reshape(2, -1).shape[1]
-        t_dim = probe_features(teacher)[-1].reshape(2, -1).shape[1]
+        s_dim = probe_features(student).feats[-1].reshape(2, -1).shape[1]
+        t_dim = probe_features(teacher).feats[-1].reshape(2, -1).shape[1]
         device = next(student.parameters()).device
         self.embed_s = LinearEmbed(s_dim, feat_dim).to(device)
         self.embed_t = LinearEmbed(t_dim, feat_dim).to(device)

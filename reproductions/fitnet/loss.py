@@ -8,10 +8,7 @@ pulled towards the teacher's hint layer by a squared error. As run in the CRD be
 import torch
 import torch.nn.functional as F
 
-
-def _fp32(x: torch.Tensor) -> torch.Tensor:
-    """Half/bfloat16 (autocast) activations are upcast to float32; float32/float64 are kept."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+from kdbench.losses import float32 as _fp32
 
 
 def hint_loss(regressed_student: torch.Tensor, teacher_hint: torch.Tensor) -> torch.Tensor:

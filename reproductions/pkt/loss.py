@@ -13,10 +13,7 @@ As in the authors' ``nn/pkt.py`` (passalis/probabilistic_kt) and RepDistiller
 """
 import torch
 
-
-def _fp32(x: torch.Tensor) -> torch.Tensor:
-    """Half/bfloat16 (autocast) activations are upcast to float32; float32/float64 are kept."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+from kdbench.losses import float32 as _fp32
 
 
 def _unit_rows(x: torch.Tensor, eps: float) -> torch.Tensor:

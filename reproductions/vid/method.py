@@ -2,31 +2,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdbench.connectors import place_like, probe_features
 from kdbench.distiller import Distiller
 
 from .loss import EPS, INIT_PRED_VAR, init_log_scale, vid_loss
-
-
-@torch.no_grad()
-def probe_features(model: nn.Module, image_size: int = 32) -> list[torch.Tensor]:
-    """``feats`` of a dummy (2, 3, size, size) batch in eval mode, as the official ``train_student.py``
-    sizes its embeddings and regressors (``torch.randn(2, 3, 32, 32)`` through ``model.eval()``)."""
-    param = next(model.parameters())
-    was_training = model.training
-    model.eval()
-    try:
-        x = torch.randn(2, 3, image_size, image_size, device=param.device, dtype=param.dtype)
-        return model.forward_features(x).feats
-    finally:
-        model.train(was_training)
-
-
-def _memory_format(model: nn.Module) -> torch.memory_format:
-    """channels_last if the model's conv weights are in it (the harness's default on CUDA)."""
-    for p in model.parameters():
-        if p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last):
-            return torch.channels_last
-    return torch.contiguous_format
 
 
 def _conv1x1(c_in: int, c_out: int) -> nn.Conv2d:
@@ -64,14 +43,14 @@ class VID(Distiller):
         if teacher is None:
             raise ValueError("VID needs a teacher")
         self.ce_weight, self.vid_weight, self.eps = ce_weight, vid_weight, eps
-        s_ch = [f.shape[1] for f in probe_features(student)[1:-1]]
-        t_ch = [f.shape[1] for f in probe_features(teacher)[1:-1]]
+        s_ch = [f.shape[1] for f in probe_features(student).feats[1:-1]]
+        t_ch = [f.shape[1] for f in probe_features(teacher).feats[1:-1]]
         if len(s_ch) != len(t_ch):
             raise ValueError(f"VID pairs stages one to one; the student has {len(s_ch)} feature maps "
                              f"(feats[1:-1]), the teacher {len(t_ch)}")
         self.regressors = nn.ModuleList(VIDRegressor(s, t, init_pred_var, eps) for s, t in zip(s_ch, t_ch))
         # same device and memory format as the student (channels_last on CUDA by default)
-        self.regressors.to(next(student.parameters()).device, memory_format=_memory_format(student))
+        place_like(self.regressors, student)
 
     def forward(self, images, labels, ctx):
         out_s = self.student.forward_features(images)
