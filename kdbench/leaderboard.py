@@ -12,7 +12,7 @@ from .checkpoint import atomic_write_text
 from .check import group_records, record_problem
 from .models import resolve_name
 from .profiles import load_profiles
-from .registry import Paper, papers_and_variants
+from .registry import Paper, papers_and_variants, with_kd
 
 HEADER = """# kdbench leaderboard
 
@@ -59,6 +59,10 @@ def _model_key(name: str) -> str | None:
 
 def paper_section(paper: Paper, groups, prof_table, points) -> str:
     out = [f"## {paper.id}: {paper.title}" + (f" (arXiv {paper.arxiv})" if paper.arxiv else ""), ""]
+    shown: set = set()
+    if not paper.id.endswith("+kd"):  # rows the paper's +kd variant is checked against are shown there
+        variant = with_kd(paper)
+        shown.update(r for p in variant.presets for r in variant.targets(p).values())
     for preset in paper.presets:
         spec = paper.preset(preset)
         targets = paper.targets(preset)
@@ -67,7 +71,9 @@ def paper_section(paper: Paper, groups, prof_table, points) -> str:
         rows = []
         for pair in paper.pairs(preset):
             target = targets.get(pair)
-            others = [r for r in paper.reported if r.pair == pair and r is not target and r.dataset == target.dataset] if target else []
+            others = [r for r in paper.reported if r.pair == pair and r is not target and r.dataset == target.dataset
+                      and r.method == target.method] if target else []
+            shown.update(r for r in [target, *others] if r is not None)
             recs = [r for r in groups.get((paper.id, preset, pair), []) if not record_problem(paper, r)]
             mean, std = _mean_std([r["reported_top1"] for r in recs])
             last_mean, _ = _mean_std([r["last_top1"] for r in recs])
@@ -97,6 +103,13 @@ def paper_section(paper: Paper, groups, prof_table, points) -> str:
                 f"check tolerance {paper.tolerance:.1f} below reported)", "",
                 tabulate(rows, headers=["Teacher", "Student", "Reported top-1", "Source", "Other reports",
                                         "Reproduced", "Δ", "Last epoch", "Params (+extra)", "MACs", "Latency b1 (ms)"],
+                         tablefmt="github"), ""]
+    rest = [r for r in paper.reported if r not in shown] if not paper.id.endswith("+kd") else []
+    if rest:
+        out += ["### Other reported numbers (no preset of kdbench reproduces these settings yet)", "",
+                tabulate([[r.method, r.dataset, r.teacher or "–", r.student,
+                           _fmt(r.top1) + (f" ({r.flagged})" if r.flagged else ""), f"{r.source}; {r.table}"]
+                          for r in rest], headers=["Method", "Dataset", "Teacher", "Student", "Reported top-1", "Source"],
                          tablefmt="github"), ""]
     smoke = [r for (pid, preset, pair), recs in sorted(groups.items()) if pid == paper.id and not paper.targets(preset)
              for r in sorted(recs, key=lambda r: r["seed"])]

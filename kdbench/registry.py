@@ -204,10 +204,11 @@ def get_paper(paper_id: str) -> Paper:
 
 
 def papers_and_variants(record_ids=()) -> list[Paper]:
-    """Every paper, plus its ``+kd`` variant where runs of it are recorded or ``+KD`` numbers reported."""
+    """Every paper, plus its ``+kd`` variant where runs of it are recorded or a preset has ``+KD`` targets."""
     out = []
     for paper in papers().values():
         out.append(paper)
-        if paper.id + KD_SUFFIX in record_ids or any(r.method.upper().endswith("+KD") for r in paper.reported):
-            out.append(with_kd(paper))
+        variant = with_kd(paper)
+        if variant.id in record_ids or any(variant.targets(p) for p in variant.presets):
+            out.append(variant)
     return out

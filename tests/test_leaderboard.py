@@ -30,3 +30,13 @@ def test_leaderboard_lists_flagged_sources(sandbox):
     kd = text.split("## kd:")[1].split("\n## ")[0]
     assert "73.33" in kd and "RepDistiller README" in kd
     assert "THIRD-PARTY" in kd or "torchdistill" in kd
+
+
+def test_reported_rows_outside_any_preset_are_listed(sandbox):
+    text = build(results_dir=sandbox / "results", out_dir=sandbox / "lb").read_text()
+    at = text.split("## at:")[1].split("\n## ")[0]
+    other = at.split("### Other reported numbers")[1]
+    assert "attention-transfer README" in other and "UNVERIFIED" in other  # AT's own ImageNet and CIFAR-10 rows
+    crd = text.split("## crd:")[1].split("\n## ")[0]
+    assert "CRD+KD" not in crd  # those are the targets of the crd+kd section
+    assert "## crd+kd:" in text
