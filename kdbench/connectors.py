@@ -3,11 +3,13 @@
 * :func:`probe_features`: the features of a dummy batch, the way the official CRD-benchmark code
   sizes its connectors (``torch.randn(2, 3, 32, 32)`` through the model in eval mode);
 * :func:`place_like`: put a connector on a model's device and memory format;
+* :func:`match_spatial`: pool the larger of two maps to the smaller one's size;
 * :class:`ConvReg`: the convolutional regressor from a student map to a teacher map's shape.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .models import FeatureOutput
@@ -38,6 +40,17 @@ def memory_format_of(model: nn.Module) -> torch.memory_format:
 def place_like(module: nn.Module, model: nn.Module) -> nn.Module:
     """``module`` moved to ``model``'s device and memory format."""
     return module.to(next(model.parameters()).device, memory_format=memory_format_of(model))
+
+
+def match_spatial(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average-pool the larger of two maps to (H, H) of the smaller one (the RepDistiller losses
+    compare heights only and pool to a square), the smaller is returned unchanged."""
+    ha, hb = a.shape[2], b.shape[2]
+    if ha > hb:
+        a = F.adaptive_avg_pool2d(a, (hb, hb))
+    elif ha < hb:
+        b = F.adaptive_avg_pool2d(b, (ha, ha))
+    return a, b
 
 
 class ConvReg(nn.Module):

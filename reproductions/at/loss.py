@@ -16,6 +16,7 @@ szagoruyko/attention-transfer, plus a spatial alignment for heterogeneous pairs)
 import torch
 import torch.nn.functional as F
 
+from kdbench.connectors import match_spatial
 from kdbench.losses import float32 as _fp32
 
 
@@ -29,11 +30,7 @@ def at_layer_loss(f_s: torch.Tensor, f_t: torch.Tensor, p: float = 2.0) -> torch
     """One layer: mean squared difference of the attention maps, after spatial alignment."""
     with torch.autocast(f_s.device.type, enabled=False):
         f_s, f_t = _fp32(f_s), _fp32(f_t)
-        s_h, t_h = f_s.shape[2], f_t.shape[2]
-        if s_h > t_h:
-            f_s = F.adaptive_avg_pool2d(f_s, (t_h, t_h))
-        elif s_h < t_h:
-            f_t = F.adaptive_avg_pool2d(f_t, (s_h, s_h))
+        f_s, f_t = match_spatial(f_s, f_t)
         return (attention_map(f_s, p) - attention_map(f_t, p)).pow(2).mean()
 
 

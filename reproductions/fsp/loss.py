@@ -1,17 +1,14 @@
 """Yim, Joo, Bae, Kim, CVPR 2017, "A Gift from Knowledge Distillation: Fast Optimization, Network
 Minimization and Transfer Learning" (FSP). No arXiv version."""
 import torch
-import torch.nn.functional as F
+
+from kdbench.connectors import match_spatial
 
 
 def fsp_matrix(bottom: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
     """The flow between two feature maps: G[b, i, j] = mean over positions of bottom_i * top_j.
     The larger map is first average-pooled to the smaller size (official RepDistiller behaviour)."""
-    hb, ht = bottom.shape[2], top.shape[2]
-    if hb > ht:
-        bottom = F.adaptive_avg_pool2d(bottom, (ht, ht))
-    elif hb < ht:
-        top = F.adaptive_avg_pool2d(top, (hb, hb))
+    bottom, top = match_spatial(bottom, top)
     return torch.einsum("bihw,bjhw->bij", bottom, top) / (bottom.shape[2] * bottom.shape[3])
 
 

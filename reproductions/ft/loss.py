@@ -4,6 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdbench.connectors import match_spatial
+
 
 def factor(f: torch.Tensor) -> torch.Tensor:
     """RepDistiller's factor: channel-mean of the squared map, flattened, L2-normalised (B, H*W)."""
@@ -12,11 +14,7 @@ def factor(f: torch.Tensor) -> torch.Tensor:
 
 def factor_transfer_loss(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference of the factors (p1 = 2, p2 = 1), larger map pooled to the smaller."""
-    hs, ht = f_s.shape[2], f_t.shape[2]
-    if hs > ht:
-        f_s = F.adaptive_avg_pool2d(f_s, (ht, ht))
-    elif hs < ht:
-        f_t = F.adaptive_avg_pool2d(f_t, (hs, hs))
+    f_s, f_t = match_spatial(f_s, f_t)
     return (factor(f_s.float()) - factor(f_t.float())).abs().mean()
 
 
