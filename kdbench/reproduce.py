@@ -84,7 +84,7 @@ def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool 
     start = time.time()
     seed_everything(cfg.seed)
     run_dir = runs_root() / cfg.paper / cfg.preset / cfg.pair / f"seed{cfg.seed}"
-    num_classes = DATASETS[cfg.dataset]["num_classes"]
+    num_classes, image_size = DATASETS[cfg.dataset]["num_classes"], DATASETS[cfg.dataset]["image_size"]
     amp, channels_last = resolve_precision(cfg.train, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -107,7 +107,7 @@ def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool 
         log(f"teacher {cfg.teacher}: top1 {teacher_info['measured_top1']:.2f} ({teacher_info['source']})")
     student = create_model(cfg.student, num_classes=num_classes).to(device, memory_format=memory_format)
     data = DataInfo(num_samples=train_loader.num_samples, num_classes=num_classes,
-                    image_size=DATASETS[cfg.dataset]["image_size"], train_labels=train_loader.labels)
+                    image_size=image_size, train_labels=train_loader.labels)
     distiller = build_distiller(paper, cfg, student, teacher, data=data).to(device)
     for stage in cfg.stages:
         fit(distiller, train_loader, test_loader, stage.train, run_dir=run_dir, stage=stage.name,
@@ -115,7 +115,6 @@ def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool 
     state = fit(distiller, train_loader, test_loader, cfg.train, run_dir=run_dir, resume=resume, log=log)
     history = state["history"]
     last = next(h for h in reversed(history) if "test_top1" in h)
-    image_size = 224 if cfg.dataset == "imagenet" else 32
     prof = profile(student, image_size=image_size, amp=amp, channels_last=channels_last,
                    iters=latency_iters, warmup=max(2, latency_iters // 5))
     record = {
