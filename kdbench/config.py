@@ -35,6 +35,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | bf16 | off
     channels_last: str = "auto"  # auto (on CUDA) | on | off
     eval_every: int = 1
+    momentum_reset: bool = False  # clear SGD momentum when the lr decays (code that rebuilds its optimizer)
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of 1-based ``epoch`` (the official ``epoch > milestone`` rule)."""
@@ -69,6 +70,8 @@ class RunConfig:
     statistic: str = "best"  # which top-1 the paper reports: best | last
     data_subset: dict | None = None  # synthetic-size options for smoke presets
     kd: dict | None = None  # {"weight", "temperature"}: add Hinton's KD term to the method (+kd)
+    augment: dict | None = None  # {"mean", "std", "padding_mode"}: a paper's own CIFAR transform
+    teacher_checkpoint: dict | None = None  # a paper's own published teacher (see kdbench.teachers)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -79,9 +82,11 @@ class RunConfig:
 
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
 KD_KEYS = {"weight", "temperature"}
+AUGMENT_KEYS = {"mean", "std", "padding_mode"}
+TEACHER_CHECKPOINT_KEYS = {"url", "file", "sha256", "state_key", "strip_prefix", "reported_top1"}
 PRESET_KEYS = {"kd", "plus_kd_source", "dataset", "reported_source", "reported_method", "teacher_source", "seeds", "default_pair", "pairs", "train", "method",
-               "stages", "teacher_train", "description", "data_subset"}
-PAIR_KEYS = {"teacher", "student", "train", "method", "teacher_train", "stages"}
+               "stages", "teacher_train", "description", "data_subset", "augment", "teacher_checkpoint"}
+PAIR_KEYS = {"teacher", "student", "train", "method", "teacher_train", "stages", "teacher_checkpoint"}
 AMP_CHOICES = {"auto", "bf16", "off"}
 TEACHER_SOURCES = {"published", "train", "none"}
 
@@ -169,6 +174,16 @@ def resolve(paper_id: str, spec: dict, preset: str, pair: str, seed: int, overri
         _strict(f"{paper_id}.kd", kd, KD_KEYS)
         if set(kd) != KD_KEYS:
             raise UsageError(f"malformed config: {paper_id}.kd needs both weight and temperature")
+    augment = p.get("augment")
+    if augment is not None:
+        _strict(f"{paper_id}.presets.{preset}.augment", augment, AUGMENT_KEYS)
+        if augment.get("padding_mode", "zeros") not in ("zeros", "reflect"):
+            raise UsageError(f"malformed config: {paper_id}.augment.padding_mode must be zeros or reflect")
+    checkpoint = pair_raw.get("teacher_checkpoint", p.get("teacher_checkpoint"))
+    if checkpoint is not None:
+        _strict(f"{paper_id}.presets.{preset}.pairs.{pair}.teacher_checkpoint", checkpoint, TEACHER_CHECKPOINT_KEYS)
+        if not {"url", "file"} <= set(checkpoint):
+            raise UsageError(f"malformed config: {paper_id} teacher_checkpoint needs url and file")
     stages = [StageConfig(s["name"], make_train(f"{paper_id}.stages.{s['name']}", merge(train, s.get("train", {}))))
               for s in pair_raw.get("stages", p.get("stages", []))]  # a pair may replace the preset's stages
     return RunConfig(
@@ -177,6 +192,7 @@ def resolve(paper_id: str, spec: dict, preset: str, pair: str, seed: int, overri
         train=make_train(f"{paper_id}.presets.{preset}.train", train), stages=stages,
         teacher_train=teacher_train, seed=seed, statistic=spec.get("statistic", "best"),
         data_subset=merge(p.get("data_subset") or {}, overrides.get("data_subset", {})) or None, kd=kd,
+        augment=augment, teacher_checkpoint=checkpoint,
     )
 
 

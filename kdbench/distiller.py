@@ -1,7 +1,7 @@
 """The contract every distillation method implements.
 
 A method is a :class:`Distiller`: an ``nn.Module`` that holds the student, the
-frozen teacher (always in eval mode, never optimised) and any extra learnable
+frozen teacher (in eval mode unless a method says otherwise, never optimised) and any extra learnable
 parts (connectors, embeddings, memory banks) registered as ordinary
 submodules. Its training ``forward`` returns the student logits and a dict of
 *named, already weighted* loss terms; the trainer sums the terms and logs each
@@ -49,7 +49,13 @@ class DataInfo:
 
 
 class Distiller(nn.Module):
-    """Base class: student + frozen teacher + extra learnable parts."""
+    """Base class: student + frozen teacher + extra learnable parts.
+
+    ``teacher_bn = "batch"`` in a subclass runs the teacher's BatchNorm on batch statistics during
+    training (the teacher left in train mode, as some official code does); its weights stay frozen.
+    """
+
+    teacher_bn = "eval"  # eval: running statistics (the usual) | batch: train-mode BN in training
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None):
         super().__init__()
@@ -61,8 +67,8 @@ class Distiller(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if self.teacher is not None:
-            self.teacher.eval()  # BN statistics of the teacher never move
+        if self.teacher is not None:  # BN statistics of the teacher never move, unless asked
+            self.teacher.train(mode and self.teacher_bn == "batch")
         return self
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, ctx: StepContext):

@@ -74,7 +74,7 @@ def build_distiller(paper: Paper, cfg: RunConfig, student, teacher, dry: bool = 
 def loaders_for(cfg: RunConfig, train: TrainConfig, device, channels_last: bool, seed: int | None = None):
     return make_loaders(cfg.dataset, batch_size=train.batch_size, device=device,
                         seed=cfg.seed if seed is None else seed, test_batch_size=train.test_batch_size,
-                        channels_last=channels_last, subset=cfg.data_subset)
+                        channels_last=channels_last, subset=cfg.data_subset, augment=cfg.augment)
 
 
 def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool = False,

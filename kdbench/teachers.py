@@ -97,6 +97,43 @@ def load_published(arch: str, num_classes: int, device) -> tuple[torch.nn.Module
     return model.to(device), info
 
 
+def paper_checkpoint(spec: dict) -> Path:
+    """A teacher a paper published itself (``teacher_checkpoint`` in its config): ``file`` under
+    ``teachers/local/`` or ``teachers/papers/``, else downloaded from ``url`` (checked against
+    ``sha256`` when given)."""
+    root = teacher_dir()
+    for path in (root / "local" / spec["file"], root / "papers" / spec["file"]):
+        if path.exists():
+            return path
+    path = root / "papers" / spec["file"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        download_url_to_file(spec["url"], str(path), progress=True)
+    except (urllib.error.URLError, OSError) as exc:
+        raise Unavailable(
+            f"teacher checkpoint {spec['file']} is missing under {root} and could not be downloaded from "
+            f"{spec['url']} ({exc}); place it in {root / 'local'}, set KDBENCH_DATA, or use PRESET=smoke") from None
+    _verify(path, spec.get("sha256"))
+    return path
+
+
+def load_paper_checkpoint(arch: str, spec: dict, num_classes: int, device) -> tuple[torch.nn.Module, dict]:
+    """Load ``spec``'s checkpoint strictly into the zoo's ``arch`` (``state_key`` selects the state dict
+    inside the file, ``strip_prefix`` removes e.g. DataParallel's ``module.``)."""
+    path = paper_checkpoint(spec)
+    state = checkpoint.load(path)
+    if spec.get("state_key"):
+        state = state[spec["state_key"]]
+    prefix = spec.get("strip_prefix") or ""
+    state = {k[len(prefix):] if prefix and k.startswith(prefix) else k: v for k, v in state.items()}
+    model = create_model(arch, num_classes=num_classes)
+    model.load_state_dict(state, strict=True)
+    info = {"source": "published", "path": str(path), "sha256": sha256(path), "url": spec["url"]}
+    if "reported_top1" in spec:
+        info["reported_top1"] = float(spec["reported_top1"])
+    return model.to(device), info
+
+
 def trained_key(arch: str, dataset: str, train_cfg: dict, data_options: dict | None, seed: int) -> str:
     blob = json.dumps({"arch": resolve_name(arch), "dataset": dataset, "train": train_cfg,
                        "data": data_options, "seed": seed}, sort_keys=True)
@@ -112,11 +149,14 @@ def get_teacher(cfg, num_classes: int, device, train_teacher) -> tuple[torch.nn.
     if cfg.teacher is None or cfg.teacher_source == "none":
         return None, {"source": "none"}
     if cfg.teacher_source == "published":
+        if cfg.teacher_checkpoint:
+            return load_paper_checkpoint(cfg.teacher, cfg.teacher_checkpoint, num_classes, device)
         return load_published(cfg.teacher, num_classes, device)
     if cfg.teacher_source != "train":
         raise UsageError(f"unknown teacher_source {cfg.teacher_source!r}; choose from: none, published, train")
     train_cfg = dataclasses.asdict(cfg.teacher_train)
-    key = trained_key(cfg.teacher, cfg.dataset, train_cfg, cfg.data_subset, seed=0)
+    data_options = cfg.data_subset if not cfg.augment else {**(cfg.data_subset or {}), "augment": cfg.augment}
+    key = trained_key(cfg.teacher, cfg.dataset, train_cfg, data_options, seed=0)
     path = trained_path(cfg.teacher, cfg.dataset, key)
     if not path.exists():
         model, summary = train_teacher(cfg.teacher, cfg.teacher_train, path.parent)

@@ -62,6 +62,8 @@ def fit(distiller: Distiller, train_loader, test_loader, cfg: TrainConfig, *, ru
         log_path.unlink()  # a fresh run starts a fresh log
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
         lr = cfg.lr_at(epoch)
+        if cfg.momentum_reset and epoch - 1 in cfg.milestones:
+            optimizer.state.clear()  # as code that builds a new optimizer at each decay
         for group in optimizer.param_groups:
             group["lr"] = lr
         distiller.train()

@@ -112,13 +112,15 @@ def load_split(name: str, train: bool, root=None, download: bool = True, subset:
 def make_loaders(name: str, *, batch_size: int, device, seed: int = 0, test_batch_size: int | None = None,
                  root=None, download: bool = True, channels_last: bool = False, subset: dict | None = None,
                  dtype=None, drop_last: bool = False, workers: int | None = None,
-                 synthetic: dict | None = None):
+                 synthetic: dict | None = None, augment: dict | None = None):
     """``(train_loader, test_loader, num_classes)`` for ``name`` on ``device``.
 
     Both loaders yield ``(images, labels, indices)`` on ``device``; call ``train_loader.set_epoch(e)``
     before iterating epoch ``e``. ``test_batch_size`` defaults to ``batch_size``. ``subset``: see
     :func:`load_split` (``synthetic=`` is accepted as an alias of it). ``workers`` only matters for
-    ImageNet (CPU decoding); the CIFAR loaders have no workers.
+    ImageNet (CPU decoding); the CIFAR loaders have no workers. ``augment`` -- ``{"mean", "std",
+    "padding_mode"}`` -- replaces the dataset's normalisation and zero padding (a paper's own CIFAR
+    transform); CIFAR-format datasets only.
     """
     import torch
     info = dataset_info(name)
@@ -129,13 +131,21 @@ def make_loaders(name: str, *, batch_size: int, device, seed: int = 0, test_batc
     dtype = torch.float32 if dtype is None else dtype
     test_batch_size = test_batch_size or batch_size
     if info["layout"] == "imagefolder":
+        if augment:
+            raise ValueError(f"augment options apply to the CIFAR-format datasets, not {name}")
         from .imagenet import imagenet_loaders
         return imagenet_loaders(root=None if root is None else Path(root) / name, batch_size=batch_size,
                                 workers=workers, device=device, seed=seed, test_batch_size=test_batch_size,
                                 channels_last=channels_last, drop_last=drop_last)
-    common = dict(device=device, mean=info["mean"], std=info["std"], channels_last=channels_last, dtype=dtype)
+    augment = dict(augment or {})
+    common = dict(device=device, mean=augment.pop("mean", info["mean"]), std=augment.pop("std", info["std"]),
+                  channels_last=channels_last, dtype=dtype)
+    padding_mode = augment.pop("padding_mode", "zeros")
+    if augment:
+        raise ValueError(f"unknown augment option(s) {sorted(augment)}; valid: mean, std, padding_mode")
     x, y = load_split(name, True, root=root, download=download, subset=subset)
-    train_loader = DeviceLoader(x, y, batch_size=batch_size, train=True, seed=seed, drop_last=drop_last, **common)
+    train_loader = DeviceLoader(x, y, batch_size=batch_size, train=True, seed=seed, drop_last=drop_last,
+                                padding_mode=padding_mode, **common)
     x, y = load_split(name, False, root=root, download=download, subset=subset)
     test_loader = DeviceLoader(x, y, batch_size=test_batch_size, train=False, **common)
     return train_loader, test_loader, info["num_classes"]

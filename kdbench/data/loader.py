@@ -34,6 +34,14 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
+def _reflect_pad(x: torch.Tensor, p: int) -> torch.Tensor:
+    """``F.pad(x, (p,) * 4, mode="reflect")`` for uint8 (which ``F.pad`` does not reflect): a gather."""
+    def index(n: int) -> torch.Tensor:
+        i = torch.arange(-p, n + p, device=x.device).abs()
+        return torch.where(i > n - 1, 2 * (n - 1) - i, i)
+    return x[..., index(x.shape[-2]), :][..., index(x.shape[-1])]
+
+
 class DeviceLoader:
     """Iterate ``(images, labels, indices)`` batches of a uint8 dataset held on ``device``.
 
@@ -44,6 +52,8 @@ class DeviceLoader:
         mean, std: per-channel normalisation of images scaled to [0, 1].
         train: shuffle and augment (random crop with zero padding ``padding`` + horizontal flip);
             else fixed order, normalisation only.
+        padding_mode: ``"zeros"`` (``RandomCrop(32, padding=4)``) or ``"reflect"`` (``Pad(4,
+            padding_mode="reflect")`` then a 32 x 32 crop, as OFD's and some other official code does).
         seed: with the epoch (``set_epoch``), fixes order and augmentation.
         channels_last: return images in ``torch.channels_last`` memory format.
         dtype: dtype of the returned images (normalisation is computed in float32).
@@ -55,7 +65,7 @@ class DeviceLoader:
 
     def __init__(self, images_u8: torch.Tensor, labels: torch.Tensor, *, batch_size: int, device, mean, std,
                  train: bool, seed: int = 0, drop_last: bool = False, channels_last: bool = False,
-                 dtype: torch.dtype = torch.float32, padding: int = 4):
+                 dtype: torch.dtype = torch.float32, padding: int = 4, padding_mode: str = "zeros"):
         if images_u8.dtype != torch.uint8 or images_u8.dim() != 4:
             raise ValueError(f"images must be uint8 N x C x H x W, got {images_u8.dtype} {tuple(images_u8.shape)}")
         if labels.shape != images_u8.shape[:1]:
@@ -70,6 +80,9 @@ class DeviceLoader:
         self.channels_last = bool(channels_last)
         self.dtype = dtype
         self.padding = int(padding) if train else 0
+        if padding_mode not in ("zeros", "reflect"):
+            raise ValueError(f"padding_mode must be zeros or reflect, got {padding_mode!r}")
+        self.padding_mode = padding_mode
         self.epoch = 0
         n, c, h, w = images_u8.shape
         self.num_samples, self.shape = n, (c, h, w)
@@ -86,7 +99,7 @@ class DeviceLoader:
         # sliding-window view (left' = 2 * padding - left when mirrored, since the mirror of a crop is the
         # crop of the mirrored image at the mirrored offset): one gather per batch, no index arithmetic.
         p = self.padding
-        padded = F.pad(data, (p, p, p, p))
+        padded = F.pad(data, (p, p, p, p)) if padding_mode == "zeros" else _reflect_pad(data, p)
         both = torch.stack([padded, padded.flip(-1)])  # 2 x N x C x (H+2p) x (W+2p) uint8
         if self.channels_last:  # stored NHWC so that a gathered batch is already channels_last in memory
             both = both.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
