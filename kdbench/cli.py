@@ -79,7 +79,8 @@ def _check(args) -> int:
 def _bench(args) -> int:
     from .bench import bench
     bench(pair=args.pair, batch_size=args.batch_size, steps=args.steps, device=args.device, as_json=args.json,
-          amp=args.amp, channels_last=args.channels_last)
+          amp=args.amp, channels_last=args.channels_last, dataset=args.dataset, workers=args.workers,
+          reference=not args.no_reference)
     return 0
 
 
@@ -128,13 +129,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=None,
                    help="points the reproduced mean may fall below reported (default: each paper.yaml's, 1.0)")
     p.set_defaults(func=_check)
-    p = sub.add_parser("bench", help="images/s of the KD training step")
+    p = sub.add_parser("bench", help="images/s of the whole KD training pipeline, kdbench's and the official code's way")
     p.add_argument("--pair", default="resnet32x4-resnet8x4")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--device", default=None)
     p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto")
     p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto")
+    p.add_argument("--dataset", default=None, help="cifar100 if on disk, else synthetic-cifar100 (same format)")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers of the reference (default min(8, CPUs))")
+    p.add_argument("--no-reference", action="store_true", help="measure kdbench's pipeline only")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_bench)
     p = sub.add_parser("profile", help="record params, MACs and latency of zoo models on this device")

@@ -1,11 +1,38 @@
-"""pytest-benchmark of one KD training step (``make bench`` enables timing; ``make test`` runs it once)."""
+"""``kdbench bench``: both pipelines run the same step and report comparable figures (no thresholds);
+a pytest-benchmark of kdbench's step (``make bench`` enables timing; ``make test`` runs it once)."""
+import json
+
 import torch
 
-from kdbench.bench import make_step
+from kdbench.bench import _models, bench, reference_pipeline
+from kdbench.data import make_loaders
+from kdbench.distiller import StepContext
+from kdbench.train import train_step
 
 
-def test_kd_training_step(benchmark):
-    step, info = make_step("resnet20-resnet8", batch_size=64, device="cpu")
-    benchmark.extra_info.update(info)
-    loss = benchmark(step)
-    assert torch.isfinite(loss)
+def test_bench_prints_both_pipelines_and_their_ratio(sandbox, capsys):
+    out = bench(pair="resnet8-resnet8", batch_size=16, steps=2, device="cpu", as_json=True,
+                dataset="synthetic-cifar100", workers=0)
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == out
+    assert {"pair", "batch_size", "device", "kdbench_img_s", "reference_img_s", "ratio"} <= set(out)
+    assert out["kdbench_img_s"] > 0 and out["reference_img_s"] > 0
+    assert abs(out["ratio"] - out["kdbench_img_s"] / out["reference_img_s"]) < 1e-9
+    assert out["precision"] == "fp32" and out["channels_last"] is False  # CPU: the preset's resolution
+
+
+def test_reference_reads_the_data_through_torchvision_with_workers(sandbox):
+    ref = reference_pipeline("resnet8-resnet8", 8, torch.device("cpu"), "synthetic-cifar100", workers=1, steps=1,
+                             warmup=1)
+    assert ref["workers"] == 1 and ref["img_s"] > 0
+
+
+def test_kd_training_step(benchmark, sandbox):
+    device = torch.device("cpu")
+    distiller, opt = _models("resnet20-resnet8", device, torch.contiguous_format)
+    loader, _, _ = make_loaders("synthetic-cifar100", batch_size=64, device=device, subset={"train_per_class": 2})
+    loader.set_epoch(1)
+    images, labels, _ = next(iter(loader))
+    ctx = StepContext(epoch=1, epochs=1)
+    losses = benchmark(lambda: train_step(distiller, opt, images, labels, ctx, amp=False))
+    assert all(torch.isfinite(v) for v in losses.values())
