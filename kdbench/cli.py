@@ -1,4 +1,4 @@
-"""``kdbench list | reproduce | leaderboard | check | bench | teachers`` (the Makefile wraps these)."""
+"""``kdbench list | reproduce | sweep | leaderboard | check | bench | profile | teachers`` (the Makefile wraps these)."""
 from __future__ import annotations
 
 import argparse
@@ -84,6 +84,11 @@ def _bench(args) -> int:
     return 0
 
 
+def _sweep(args) -> int:
+    from .sweep import sweep
+    return sweep(args)
+
+
 def _profile(args) -> int:
     from .profiles import record_profiles
     print(f"wrote {record_profiles(args.models or None, device=args.device, iters=args.iters)}")
@@ -141,6 +146,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-reference", action="store_true", help="measure kdbench's pipeline only")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_bench)
+    p = sub.add_parser("sweep", help="papers x pairs x seeds as jobs, here or on Slurm; skips recorded runs")
+    p.add_argument("paper", help="paper id(s), comma-separated, or 'all'")
+    p.add_argument("--preset", default="paper")
+    p.add_argument("--pair", default="all", help="'all' (default), comma-separated pairs, or '' for the default pair")
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--executor", choices=["local", "slurm"], default="local")
+    p.add_argument("--cluster", default=None, help=argparse.SUPPRESS)  # submitit's local/debug executors (tests)
+    p.add_argument("--partition", default=None)
+    p.add_argument("--timeout-min", type=int, default=24 * 60)
+    p.add_argument("--cpus", type=int, default=8)
+    p.add_argument("--mem-gb", type=int, default=32)
+    p.add_argument("--parallel", type=int, default=64, help="Slurm array parallelism")
+    p.add_argument("--wait", action="store_true", help="wait for the Slurm jobs and print their results")
+    p.add_argument("--resume", action="store_true", help="local: continue runs from their last epoch checkpoint")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated cost")
+    p.add_argument("--rate-from", default=None, help="a `kdbench bench --json` output to estimate the cost from")
+    p.add_argument("--device", default=None)
+    p.add_argument("--results-dir", default=None)
+    p.set_defaults(func=_sweep)
     p = sub.add_parser("profile", help="record params, MACs and latency of zoo models on this device")
     p.add_argument("models", nargs="*")
     p.add_argument("--device", default=None)
