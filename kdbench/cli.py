@@ -25,7 +25,8 @@ def _reproduce(args) -> int:
     from .config import parse_overrides
     from .registry import get_paper
     from .registry import papers
-    from .reproduce import pick_device, plan, run_one
+    from .parallel import auto_parallel, run_side_by_side
+    from .reproduce import pick_device, plan, run_dir_of, run_one
     preset = args.preset
     if args.paper == "all":  # every paper that has this preset (CI runs all smoke presets this way)
         chosen = [p for p in papers().values() if preset in p.presets]
@@ -52,6 +53,16 @@ def _reproduce(args) -> int:
         print(json.dumps([cfg.to_dict() for _, cfg in jobs], indent=2))
         return 0
     device = pick_device(args.device)
+    if args.parallel is not None and args.parallel < 1:
+        raise UsageError("--parallel must be at least 1")
+    parallel = args.parallel if args.parallel is not None else auto_parallel(device, len(jobs))
+    if parallel > 1 and len(jobs) > 1:  # side by side on one device, each job its own process
+        done = run_side_by_side([cfg for _, cfg in jobs], parallel, run_dir_of=run_dir_of, device=args.device,
+                                overrides=args.set, resume=args.resume, results_dir=args.results_dir,
+                                latency_iters=args.latency_iters)
+        failed = [cfg for cfg, code in done if code]
+        print(f"{len(done) - len(failed)} runs recorded, {len(failed)} failed")
+        return 1 if failed else 0
     records = [run_one(paper, cfg, device=device, resume=args.resume, latency_iters=args.latency_iters,
                        results_dir=Path(args.results_dir) if args.results_dir else None) for paper, cfg in jobs]
     print(json.dumps([{k: r[k] for k in ("paper", "preset", "pair", "seed", "best_top1", "best_epoch",
@@ -122,6 +133,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the resolved configs and exit")
     p.add_argument("--results-dir", default=None)
     p.add_argument("--latency-iters", type=int, default=50)
+    p.add_argument("--parallel", type=int, default=None,
+                   help="runs side by side on the device (default: from free memory on CUDA, 1 elsewhere)")
     p.set_defaults(func=_reproduce)
     p = sub.add_parser("leaderboard", help="regenerate leaderboard/README.md and plots")
     p.add_argument("--results-dir", default=None)

@@ -25,6 +25,11 @@ def runs_root() -> Path:
     return Path(os.environ.get("KDBENCH_RUNS", "runs"))
 
 
+def run_dir_of(cfg: RunConfig) -> Path:
+    """Checkpoints and logs of one run."""
+    return runs_root() / cfg.paper / cfg.preset / cfg.pair / f"seed{cfg.seed}"
+
+
 def pick_device(name: str | None = None) -> torch.device:
     if name:
         return torch.device(name)
@@ -83,7 +88,7 @@ def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool 
     log = log or (lambda msg: print(msg, flush=True))
     start = time.time()
     seed_everything(cfg.seed)
-    run_dir = runs_root() / cfg.paper / cfg.preset / cfg.pair / f"seed{cfg.seed}"
+    run_dir = run_dir_of(cfg)
     num_classes, image_size = DATASETS[cfg.dataset]["num_classes"], DATASETS[cfg.dataset]["image_size"]
     amp, channels_last = resolve_precision(cfg.train, device)
     if device.type == "cuda":
