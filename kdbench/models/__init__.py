@@ -21,6 +21,7 @@ from .registry import create_model, is_model, list_models, register_model, resol
 
 # importing the family modules registers their models, in RepDistiller's model_dict order
 from . import resnet, resnetv2, wrn, vgg, mobilenetv2, shufflenetv1, shufflenetv2  # noqa: E402,F401  isort:skip
+from . import pyramidnet  # noqa: E402,F401  OFD's CIFAR-100 teachers and students
 
 __all__ = [
     "FeatureModel", "FeatureOutput", "as_official",

@@ -174,3 +174,20 @@ def wrn_40_1(num_classes: int = 100, **kwargs) -> WideResNet:
 @register_model
 def wrn_40_2(num_classes: int = 100, **kwargs) -> WideResNet:
     return WideResNet(depth=40, widen_factor=2, num_classes=num_classes, **kwargs)
+
+
+# OFD's CIFAR-100 settings (clovaai/overhaul-distillation, CIFAR-100/models/WideResNet.py): the same
+# WideResNet class (same state-dict keys, forward and initialisation), other depths and widths.
+@register_model
+def wrn_16_4(num_classes: int = 100, **kwargs) -> WideResNet:
+    return WideResNet(depth=16, widen_factor=4, num_classes=num_classes, **kwargs)
+
+
+@register_model
+def wrn_28_2(num_classes: int = 100, **kwargs) -> WideResNet:
+    return WideResNet(depth=28, widen_factor=2, num_classes=num_classes, **kwargs)
+
+
+@register_model
+def wrn_28_4(num_classes: int = 100, **kwargs) -> WideResNet:
+    return WideResNet(depth=28, widen_factor=4, num_classes=num_classes, **kwargs)
