@@ -91,7 +91,7 @@ def _bench(args) -> int:
     from .bench import bench
     bench(pair=args.pair, batch_size=args.batch_size, steps=args.steps, device=args.device, as_json=args.json,
           amp=args.amp, channels_last=args.channels_last, dataset=args.dataset, workers=args.workers,
-          reference=not args.no_reference)
+          reference=not args.no_reference, cache=not args.no_cache)
     return 0
 
 
@@ -157,6 +157,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, help="cifar100 if on disk, else synthetic-cifar100 (same format)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers of the reference (default min(8, CPUs))")
     p.add_argument("--no-reference", action="store_true", help="measure kdbench's pipeline only")
+    p.add_argument("--no-cache", action="store_true", help="skip the teacher-logit cache measurement")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_bench)
     p = sub.add_parser("sweep", help="papers x pairs x seeds as jobs, here or on Slurm; skips recorded runs")

@@ -36,6 +36,7 @@ class TrainConfig:
     channels_last: str = "auto"  # auto (on CUDA) | on | off
     eval_every: int = 1
     momentum_reset: bool = False  # clear SGD momentum when the lr decays (code that rebuilds its optimizer)
+    teacher_cache: str = "auto"  # auto | on | off: exact per-view teacher-logit cache (kdbench.teacher_cache)
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of 1-based ``epoch`` (the official ``epoch > milestone`` rule)."""
@@ -122,6 +123,8 @@ def make_train(where: str, raw: dict) -> TrainConfig:
     cfg = TrainConfig(**raw)
     if cfg.amp not in AMP_CHOICES:
         raise UsageError(f"malformed config: {where}.amp={cfg.amp!r}; choose from: {', '.join(sorted(AMP_CHOICES))}")
+    if cfg.teacher_cache not in {"auto", "on", "off"}:
+        raise UsageError(f"malformed config: {where}.teacher_cache={cfg.teacher_cache!r}; choose from: auto, off, on")
     if cfg.channels_last not in {"auto", "on", "off"}:
         raise UsageError(f"malformed config: {where}.channels_last={cfg.channels_last!r}; choose from: auto, off, on")
     for name in ("epochs", "batch_size"):

@@ -34,6 +34,7 @@ class StepContext:
     epochs: int  # epochs in this stage
     stage: str = "main"
     indices: torch.Tensor | None = None  # dataset positions of the batch samples
+    views: torch.Tensor | None = None  # which augmented view of each sample (see DeviceLoader.view_ids)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,9 @@ class Distiller(nn.Module):
         super().__init__()
         self.student = student
         self.teacher = teacher
+        self.logit_cache = None  # a kdbench.teacher_cache.TeacherLogitCache when the run enables it
+        self._ctx: StepContext | None = None
+        self.register_forward_pre_hook(_remember_context)
         if teacher is not None:
             teacher.requires_grad_(False)
             teacher.eval()
@@ -94,8 +98,15 @@ class Distiller(nn.Module):
     @torch.no_grad()
     def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
         """The frozen teacher's logits (no grad). Methods get teacher outputs only through this or
-        :meth:`teacher_features`, so a combined loss (``+kd``) can reuse them without a second pass."""
-        logits = self.teacher(images)
+        :meth:`teacher_features`, so a combined loss (``+kd``) can reuse them without a second pass.
+        With a teacher-logit cache (:mod:`kdbench.teacher_cache`) the logits of views seen before are
+        looked up; ``images`` must then be the step's batch as the loader produced it."""
+        ctx = self._ctx
+        if (self.logit_cache is not None and self.training and ctx is not None and ctx.views is not None
+                and ctx.indices is not None and len(ctx.indices) == len(images)):
+            logits = self.logit_cache.lookup(self.teacher, images, ctx.indices, ctx.views)
+        else:
+            logits = self.teacher(images)
         self._teacher_step = (images, logits)
         return logits
 
@@ -112,6 +123,11 @@ class Distiller(nn.Module):
         if cached is not None and cached[0] is images:
             return cached[1]
         return self.teacher_logits(images)
+
+
+def _remember_context(module: Distiller, args) -> None:
+    """Keep the step's context (indices, views) for :meth:`Distiller.teacher_logits`."""
+    module._ctx = args[2] if len(args) > 2 else None
 
 
 def add_kd(distiller: Distiller, weight: float, temperature: float) -> Distiller:

@@ -18,6 +18,7 @@ from .errors import UsageError
 from .evaluate import accuracy, count_parameters, device_name, profile
 from .models import create_model, resolve_name
 from .registry import Paper
+from .teacher_cache import TeacherLogitCache
 from .train import fit, resolve_precision
 
 
@@ -82,6 +83,32 @@ def loaders_for(cfg: RunConfig, train: TrainConfig, device, channels_last: bool,
                         channels_last=channels_last, subset=cfg.data_subset, augment=cfg.augment)
 
 
+def setup_teacher_cache(distiller, cfg: RunConfig, train_loader, num_classes: int, device, amp: bool) -> dict:
+    """Attach a teacher-logit cache where ``train.teacher_cache`` and the run allow it; say why not."""
+    mode, reason = cfg.train.teacher_cache, None
+    if mode == "off":
+        return {"enabled": False, "reason": "train.teacher_cache is off"}
+    if distiller.teacher is None:
+        reason = "the run has no teacher"
+    elif distiller.teacher_bn != "eval":
+        reason = "the teacher's BatchNorm runs on batch statistics (its logits depend on the batch)"
+    elif getattr(train_loader, "num_views", None) is None:
+        reason = "the training augmentation has no finite set of views"
+    cache = None
+    if reason is None:
+        cache = TeacherLogitCache(train_loader.num_samples, train_loader.num_views, num_classes, device,
+                                  torch.bfloat16 if amp else torch.float32)
+        if not cache.fits():
+            reason = f"it needs {cache.nbytes / 1e9:.2f} GB, more than the free memory allows"
+    if reason is not None:
+        if mode == "on":
+            raise UsageError(f"train.teacher_cache=on, but {reason}")
+        return {"enabled": False, "reason": reason}
+    distiller.logit_cache = cache
+    return {"enabled": True, "reason": "teacher in eval mode, finite views, fits in memory",
+            "table_bytes": cache.nbytes}
+
+
 def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool = False,
             results_dir: Path | None = None, latency_iters: int = 50, log=None) -> dict:
     """Train one (pair, seed) of a preset and write its results record."""
@@ -114,6 +141,8 @@ def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool 
     data = DataInfo(num_samples=train_loader.num_samples, num_classes=num_classes,
                     image_size=image_size, train_labels=train_loader.labels)
     distiller = build_distiller(paper, cfg, student, teacher, data=data).to(device)
+    cache_info = setup_teacher_cache(distiller, cfg, train_loader, num_classes, device, amp)
+    log(f"teacher-logit cache: {'on' if cache_info['enabled'] else 'off'} ({cache_info['reason']})")
     for stage in cfg.stages:
         fit(distiller, train_loader, test_loader, stage.train, run_dir=run_dir, stage=stage.name,
             resume=resume, log=log)
@@ -131,7 +160,9 @@ def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool 
         "reported_top1": state["best_top1"] if cfg.statistic == "best" else last["test_top1"],
         "params": {"student": count_parameters(student), "extra": distiller.num_extra_parameters()},
         "macs": prof["macs"], "latency": {"batch1": prof["latency_b1"], "throughput": prof["latency_throughput"]},
-        "teacher_info": teacher_info, "device": device_name(device), "precision": "bf16" if amp else "fp32",
+        "teacher_info": teacher_info, "device": device_name(device),
+        "precision": "bf16" if amp else "fp32",
+        "teacher_cache": {**cache_info, **(distiller.logit_cache.summary() if distiller.logit_cache else {})},
         "channels_last": channels_last, "config": cfg.to_dict(),
         "train_img_s": sum(h["train_img_s"] for h in history) / len(history),
         "wall_time_s": time.time() - start, "run_dir": str(run_dir), **results.environment(),

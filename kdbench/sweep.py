@@ -111,7 +111,7 @@ def measured_rate(rate_from: str | None, device=None) -> tuple[float, str]:
     else:
         from .bench import bench as run_bench
         bench = run_bench(pair="resnet56-resnet20", batch_size=64, steps=5, device=device, as_json=False,
-                          reference=False)
+                          reference=False, cache=False)
     teacher, student = bench["pair"].split("-", 1)
     per_image = model_macs(teacher, 32, 100) + 3 * model_macs(student, 32, 100)
     return bench["kdbench_img_s"] * per_image, bench["device"]

@@ -70,10 +70,10 @@ def fit(distiller: Distiller, train_loader, test_loader, cfg: TrainConfig, *, ru
         train_loader.set_epoch(epoch)
         sums: dict[str, torch.Tensor] = {}
         seen, start = 0, time.perf_counter()
-        bar = tqdm(train_loader, desc=f"{stage} {epoch}/{cfg.epochs}", unit="batch", leave=False,
-                   disable=not (sys.stderr.isatty() if progress is None else progress))
-        for images, labels, indices in bar:
-            ctx = StepContext(epoch=epoch, epochs=cfg.epochs, stage=stage, indices=indices)
+        bar = tqdm(train_loader.batches(), total=len(train_loader), desc=f"{stage} {epoch}/{cfg.epochs}", unit="batch",
+                   leave=False, disable=not (sys.stderr.isatty() if progress is None else progress))
+        for images, labels, indices, views in bar:
+            ctx = StepContext(epoch=epoch, epochs=cfg.epochs, stage=stage, indices=indices, views=views)
             losses = train_step(distiller, optimizer, images, labels, ctx, amp)
             for name, value in losses.items():  # stays on the device: no sync per step
                 sums[name] = sums.get(name, 0.0) + value.detach().float() * labels.shape[0]

@@ -19,6 +19,16 @@ def test_bench_prints_both_pipelines_and_their_ratio(sandbox, capsys):
     assert out["kdbench_img_s"] > 0 and out["reference_img_s"] > 0
     assert abs(out["ratio"] - out["kdbench_img_s"] / out["reference_img_s"]) < 1e-9
     assert out["precision"] == "fp32" and out["channels_last"] is False  # CPU: the preset's resolution
+    assert out["kdbench_cached_img_s"] > 0 and "ratio_cached_240_epochs" in out
+
+
+def test_amortised_cache_throughput():
+    from kdbench.bench import amortised_cached_img_s
+    # teacher 3/4 of a live step: live 100 img/s, steady state 400 img/s; 240 epochs draw ~125.1 views
+    distinct = 162 * (1 - (161 / 162) ** 240)
+    expected = 1 / (1 / 400 + (1 / 100 - 1 / 400) * distinct / 240)
+    assert amortised_cached_img_s(100.0, 400.0) == expected and 100 < expected < 400
+    assert amortised_cached_img_s(100.0, 100.0) == 100.0
 
 
 def test_reference_reads_the_data_through_torchvision_with_workers(sandbox):

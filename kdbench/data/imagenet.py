@@ -61,6 +61,13 @@ class ImageNetLoader:
         n = len(self.dataset)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    num_views = None  # RandomResizedCrop has no finite set of views: nothing can be cached per view
+
+    def batches(self):
+        """``(images, labels, indices, None)``: the same interface as :meth:`DeviceLoader.batches`."""
+        for images, labels, indices in self:
+            yield images, labels, indices, None
+
     def __iter__(self):
         cuda = self.device.type == "cuda"
         loader = torch.utils.data.DataLoader(

@@ -152,14 +152,32 @@ class DeviceLoader:
         # the gather keeps the storage's layout; the conversion is a no-op unless a backend differs
         return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
+    @property
+    def num_views(self) -> int:
+        """Distinct augmented views of one training image: (2p + 1)^2 crop offsets x 2 flips."""
+        return 2 * (2 * self.padding + 1) ** 2 if self.train else 1
+
+    def view_ids(self, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        """``flip * K^2 + top * K + left`` (K = 2p + 1): which of the ``num_views`` views a sample got."""
+        k = 2 * self.padding + 1
+        return flips.long() * k * k + offsets[:, 0] * k + offsets[:, 1]
+
     def __iter__(self):
+        """``(images, labels, indices)`` batches."""
+        for images, labels, idx, _ in self.batches():
+            yield images, labels, idx
+
+    def batches(self):
+        """``(images, labels, indices, views)`` batches: ``views`` (int64, see :meth:`view_ids`) says which
+        augmented view of each sample the batch holds (None for a test loader), so that per-view results
+        of a frozen model can be cached exactly (:mod:`kdbench.teacher_cache`)."""
         n, bs = self.num_samples, self.batch_size
         stop = (n // bs) * bs if self.drop_last else n
         if not self.train:
             for start in range(0, stop, bs):
                 end = min(start + bs, stop)
                 idx = torch.arange(start, end, device=self.device)
-                yield self._normalise(self._data[start:end]), self.labels[start:end], idx
+                yield self._normalise(self._data[start:end]), self.labels[start:end], idx, None
             return
         # the epoch's draws, per position in the epoch order, computed on the CPU and moved once
         plan = self.epoch_plan()
@@ -167,12 +185,14 @@ class DeviceLoader:
         top = plan["offsets"][order, 0]
         left = torch.where(flips, 2 * self.padding - plan["offsets"][order, 1], plan["offsets"][order, 1])
         nb = self.device.type == "cuda"
-        order, flips, top, left = (t.to(self.device, non_blocking=nb) for t in (order, flips.long(), top, left))
+        views = self.view_ids(plan["offsets"][order], flips)
+        order, flips, top, left, views = (t.to(self.device, non_blocking=nb)
+                                          for t in (order, flips.long(), top, left, views))
         for start in range(0, stop, bs):
             end = min(start + bs, stop)
             idx = order[start:end]
             x = self._gather(flips[start:end], idx, top[start:end], left[start:end])
-            yield self._normalise(x), self.labels[idx], idx
+            yield self._normalise(x), self.labels[idx], idx, views[start:end]
 
     def __repr__(self) -> str:
         return (f"DeviceLoader(n={self.num_samples}, batch_size={self.batch_size}, train={self.train}, "
