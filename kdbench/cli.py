@@ -25,6 +25,7 @@ def _reproduce(args) -> int:
     from .config import parse_overrides
     from .registry import get_paper
     from .registry import papers
+    from . import distributed
     from .parallel import auto_parallel, run_side_by_side
     from .reproduce import pick_device, plan, run_dir_of, run_one
     preset = args.preset
@@ -51,6 +52,13 @@ def _reproduce(args) -> int:
         jobs += [(paper, cfg) for cfg in plan(paper, preset, pairs, seeds, overrides)]
     if args.dry_run:
         print(json.dumps([cfg.to_dict() for _, cfg in jobs], indent=2))
+        return 0
+    if distributed.requested():  # under torchrun: one run over the processes, see kdbench.distributed
+        device = distributed.init(args.device)
+        for paper, cfg in jobs:
+            run_one(paper, cfg, device=device, resume=args.resume, latency_iters=args.latency_iters,
+                    results_dir=Path(args.results_dir) if args.results_dir else None,
+                    log=print if distributed.is_main() else (lambda msg: None))
         return 0
     device = pick_device(args.device)
     if args.parallel is not None and args.parallel < 1:
@@ -89,9 +97,12 @@ def _check(args) -> int:
 
 def _bench(args) -> int:
     from .bench import bench
-    bench(pair=args.pair, batch_size=args.batch_size, steps=args.steps, device=args.device, as_json=args.json,
+    out = bench(pair=args.pair, batch_size=args.batch_size, steps=args.steps, device=args.device, as_json=args.json,
           amp=args.amp, channels_last=args.channels_last, dataset=args.dataset, workers=args.workers,
           reference=not args.no_reference, cache=not args.no_cache)
+    if args.record:
+        from .performance import record_bench
+        print(f"wrote {record_bench(out)}")
     return 0
 
 
@@ -158,6 +169,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers of the reference (default min(8, CPUs))")
     p.add_argument("--no-reference", action="store_true", help="measure kdbench's pipeline only")
     p.add_argument("--no-cache", action="store_true", help="skip the teacher-logit cache measurement")
+    p.add_argument("--record", action="store_true", help="store the figures in results/bench/ for the performance page")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_bench)
     p = sub.add_parser("sweep", help="papers x pairs x seeds as jobs, here or on Slurm; skips recorded runs")

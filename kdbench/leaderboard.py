@@ -173,4 +173,6 @@ def build(results_dir: Path | None = None, out_dir: Path = Path("leaderboard")) 
     text = "\n".join([HEADER, *foot, "", *links, "", *sections])
     path = out_dir / "README.md"
     atomic_write_text(text.rstrip() + "\n", path)
+    from .performance import load_bench, render
+    atomic_write_text(render(load_bench(results_dir)), out_dir / "performance.md")
     return path

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import results, teachers
+from . import distributed, results, teachers
 from .config import RunConfig, TrainConfig, resolve
 from .data import DATASETS, make_loaders
 from .distiller import DataInfo, Vanilla, add_kd
@@ -78,9 +78,14 @@ def build_distiller(paper: Paper, cfg: RunConfig, student, teacher, dry: bool = 
 
 
 def loaders_for(cfg: RunConfig, train: TrainConfig, device, channels_last: bool, seed: int | None = None):
-    return make_loaders(cfg.dataset, batch_size=train.batch_size, device=device,
+    """Train/test loaders; under torchrun each process gets its shard of every global batch."""
+    world = distributed.world_size()
+    if train.batch_size % world:
+        raise UsageError(f"batch size {train.batch_size} does not split over {world} processes")
+    return make_loaders(cfg.dataset, batch_size=train.batch_size // world, device=device,
                         seed=cfg.seed if seed is None else seed, test_batch_size=train.test_batch_size,
-                        channels_last=channels_last, subset=cfg.data_subset, augment=cfg.augment)
+                        channels_last=channels_last, subset=cfg.data_subset, augment=cfg.augment,
+                        shard=(distributed.rank(), world))
 
 
 def setup_teacher_cache(distiller, cfg: RunConfig, train_loader, num_classes: int, device, amp: bool) -> dict:
@@ -141,6 +146,8 @@ def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool 
     data = DataInfo(num_samples=train_loader.num_samples, num_classes=num_classes,
                     image_size=image_size, train_labels=train_loader.labels)
     distiller = build_distiller(paper, cfg, student, teacher, data=data).to(device)
+    if distributed.active() and not getattr(distiller, "supports_data_parallel", True):
+        raise UsageError(f"{cfg.paper} keeps per-sample state across steps and cannot run on several processes")
     cache_info = setup_teacher_cache(distiller, cfg, train_loader, num_classes, device, amp)
     log(f"teacher-logit cache: {'on' if cache_info['enabled'] else 'off'} ({cache_info['reason']})")
     for stage in cfg.stages:
@@ -167,6 +174,9 @@ def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool 
         "train_img_s": sum(h["train_img_s"] for h in history) / len(history),
         "wall_time_s": time.time() - start, "run_dir": str(run_dir), **results.environment(),
     }
+    record["world_size"] = distributed.world_size()
+    if not distributed.is_main():
+        return record
     path = results.write(record, results_dir)
     log(f"{cfg.paper}/{cfg.preset} {cfg.pair} seed {cfg.seed}: best top1 {record['best_top1']:.2f} "
         f"(epoch {record['best_epoch']}), last {record['last_top1']:.2f} -> {path}")

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .config import TrainConfig
 from .distiller import Distiller, StepContext
 from .evaluate import accuracy, autocast
@@ -34,6 +34,7 @@ def train_step(distiller: Distiller, optimizer, images, labels, ctx: StepContext
         _, losses = distiller(images, labels, ctx)
     optimizer.zero_grad(set_to_none=True)
     sum(losses.values()).backward()
+    distributed.average_gradients(p for group in optimizer.param_groups for p in group["params"])
     optimizer.step()
     return losses
 
@@ -42,6 +43,7 @@ def fit(distiller: Distiller, train_loader, test_loader, cfg: TrainConfig, *, ru
         stage: str = "main", resume: bool = False, progress: bool | None = None, log=None) -> dict:
     """Train ``distiller`` for ``cfg.epochs`` epochs; return the stage summary."""
     log = log or (lambda msg: print(msg, flush=True))
+    main = distributed.is_main()  # under torchrun only process 0 writes
     device = next(distiller.student.parameters()).device
     amp, _ = resolve_precision(cfg, device)
     params = distiller.trainable_parameters(stage)
@@ -58,8 +60,9 @@ def fit(distiller: Distiller, train_loader, test_loader, cfg: TrainConfig, *, ru
         optimizer.load_state_dict(saved["optimizer"])
         state = saved["trainer"]
         log(f"resumed {stage} from epoch {state['epoch']}")
-    elif log_path.exists():
+    elif log_path.exists() and main:
         log_path.unlink()  # a fresh run starts a fresh log
+    distributed.broadcast_parameters(params)  # the same start on every process (no-op in one process)
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
         lr = cfg.lr_at(epoch)
         if cfg.momentum_reset and epoch - 1 in cfg.milestones:
@@ -85,12 +88,15 @@ def fit(distiller: Distiller, train_loader, test_loader, cfg: TrainConfig, *, ru
         record = {"epoch": epoch, "stage": stage, "lr": lr, "train_img_s": seen / train_time,
                   "train_time_s": train_time, **{k: (v / seen).item() for k, v in sums.items()}}
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            distributed.broadcast_buffers(distiller.student)
             test = accuracy(distiller.student, test_loader, amp=amp)
             record.update(test_top1=test["top1"], test_top5=test["top5"], test_loss=test["loss"])
             if test["top1"] > state["best_top1"]:
                 state.update(best_top1=test["top1"], best_epoch=epoch, best_top5=test["top5"])
         state["epoch"] = epoch
         state["history"].append(record)
+        if not main:
+            continue
         with open(log_path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
         checkpoint.atomic_save({"model": _state(distiller), "optimizer": optimizer.state_dict(),

@@ -46,3 +46,20 @@ def test_kd_training_step(benchmark, sandbox):
     ctx = StepContext(epoch=1, epochs=1)
     losses = benchmark(lambda: train_step(distiller, opt, images, labels, ctx, amp=False))
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_recorded_bench_feeds_the_performance_page(sandbox):
+    from kdbench.leaderboard import build
+    from kdbench.performance import load_bench, record_bench
+    from kdbench.sweep import model_macs
+    out = {"pair": "resnet20-resnet8", "batch_size": 64, "device": "fixture-cpu", "threads": 2, "precision": "fp32",
+           "kdbench_img_s": 100.0, "reference_img_s": 50.0, "reference_workers": 2, "ratio": 2.0,
+           "kdbench_cached_img_s": 400.0, "kdbench_cached_240_epochs_img_s": 200.0, "ratio_cached_240_epochs": 4.0}
+    path = record_bench(out, sandbox / "results")
+    assert path.name == "fixture-cpu-resnet20-resnet8-b64.json" and load_bench(sandbox / "results")[0]["git_commit"]
+    build(sandbox / "results", sandbox / "lb")
+    page = (sandbox / "lb" / "performance.md").read_text()
+    assert "| fixture-cpu | resnet20-resnet8 | 64 | 2 | fp32 | 100.0 | 50.0 (2) | 2.00 | 400.0 | 200.0 | 4.00 |" in page
+    one_run_h = 50_000 * 240 / 100.0 / 3600
+    assert f"| fixture-cpu | resnet20-resnet8 | {one_run_h:.1f} | {one_run_h / 2:.1f} |" in page
+    assert model_macs("resnet20", 32, 100) > 0 and "PMAC" in page

@@ -112,7 +112,7 @@ def load_split(name: str, train: bool, root=None, download: bool = True, subset:
 def make_loaders(name: str, *, batch_size: int, device, seed: int = 0, test_batch_size: int | None = None,
                  root=None, download: bool = True, channels_last: bool = False, subset: dict | None = None,
                  dtype=None, drop_last: bool = False, workers: int | None = None,
-                 synthetic: dict | None = None, augment: dict | None = None):
+                 synthetic: dict | None = None, augment: dict | None = None, shard: tuple[int, int] = (0, 1)):
     """``(train_loader, test_loader, num_classes)`` for ``name`` on ``device``.
 
     Both loaders yield ``(images, labels, indices)`` on ``device``; call ``train_loader.set_epoch(e)``
@@ -133,6 +133,8 @@ def make_loaders(name: str, *, batch_size: int, device, seed: int = 0, test_batc
     if info["layout"] == "imagefolder":
         if augment:
             raise ValueError(f"augment options apply to the CIFAR-format datasets, not {name}")
+        if shard != (0, 1):
+            raise ValueError("multi-process runs read CIFAR-format datasets only (ImageNet: not yet)")
         from .imagenet import imagenet_loaders
         return imagenet_loaders(root=None if root is None else Path(root) / name, batch_size=batch_size,
                                 workers=workers, device=device, seed=seed, test_batch_size=test_batch_size,
@@ -145,7 +147,7 @@ def make_loaders(name: str, *, batch_size: int, device, seed: int = 0, test_batc
         raise ValueError(f"unknown augment option(s) {sorted(augment)}; valid: mean, std, padding_mode")
     x, y = load_split(name, True, root=root, download=download, subset=subset)
     train_loader = DeviceLoader(x, y, batch_size=batch_size, train=True, seed=seed, drop_last=drop_last,
-                                padding_mode=padding_mode, **common)
+                                padding_mode=padding_mode, shard=shard, **common)
     x, y = load_split(name, False, root=root, download=download, subset=subset)
     test_loader = DeviceLoader(x, y, batch_size=test_batch_size, train=False, **common)
     return train_loader, test_loader, info["num_classes"]

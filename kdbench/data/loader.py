@@ -65,7 +65,8 @@ class DeviceLoader:
 
     def __init__(self, images_u8: torch.Tensor, labels: torch.Tensor, *, batch_size: int, device, mean, std,
                  train: bool, seed: int = 0, drop_last: bool = False, channels_last: bool = False,
-                 dtype: torch.dtype = torch.float32, padding: int = 4, padding_mode: str = "zeros"):
+                 dtype: torch.dtype = torch.float32, padding: int = 4, padding_mode: str = "zeros",
+                 shard: tuple[int, int] = (0, 1)):
         if images_u8.dtype != torch.uint8 or images_u8.dim() != 4:
             raise ValueError(f"images must be uint8 N x C x H x W, got {images_u8.dtype} {tuple(images_u8.shape)}")
         if labels.shape != images_u8.shape[:1]:
@@ -83,6 +84,7 @@ class DeviceLoader:
         if padding_mode not in ("zeros", "reflect"):
             raise ValueError(f"padding_mode must be zeros or reflect, got {padding_mode!r}")
         self.padding_mode = padding_mode
+        self.rank, self.world = shard  # process r of N takes epoch positions r, r + N, ... (kdbench.distributed)
         self.epoch = 0
         n, c, h, w = images_u8.shape
         self.num_samples, self.shape = n, (c, h, w)
@@ -118,10 +120,14 @@ class DeviceLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def _epoch_length(self) -> int:
+        """Samples this process iterates per epoch (its shard: at most N - 1 samples are dropped)."""
+        return self.num_samples // self.world if self.train else self.num_samples
+
     def __len__(self) -> int:
         if self.drop_last:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
+            return self._epoch_length() // self.batch_size
+        return math.ceil(self._epoch_length() / self.batch_size)
 
     def epoch_plan(self, epoch: int | None = None) -> dict:
         """The CPU random draws of an epoch: ``order`` (N), crop ``offsets`` (N x 2: top, left, indexed
@@ -171,7 +177,7 @@ class DeviceLoader:
         """``(images, labels, indices, views)`` batches: ``views`` (int64, see :meth:`view_ids`) says which
         augmented view of each sample the batch holds (None for a test loader), so that per-view results
         of a frozen model can be cached exactly (:mod:`kdbench.teacher_cache`)."""
-        n, bs = self.num_samples, self.batch_size
+        n, bs = self._epoch_length(), self.batch_size
         stop = (n // bs) * bs if self.drop_last else n
         if not self.train:
             for start in range(0, stop, bs):
@@ -186,6 +192,9 @@ class DeviceLoader:
         left = torch.where(flips, 2 * self.padding - plan["offsets"][order, 1], plan["offsets"][order, 1])
         nb = self.device.type == "cuda"
         views = self.view_ids(plan["offsets"][order], flips)
+        if self.world > 1:
+            pick = torch.arange(self.rank, self.world * n, self.world)
+            order, flips, top, left, views = (t[pick] for t in (order, flips, top, left, views))
         order, flips, top, left, views = (t.to(self.device, non_blocking=nb)
                                           for t in (order, flips.long(), top, left, views))
         for start in range(0, stop, bs):

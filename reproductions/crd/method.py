@@ -12,6 +12,8 @@ class CRD(Distiller):
     Extra trainable parts: the two embeddings (both optimised, as in the official trainable list);
     the memory banks are buffers (momentum-updated, checkpointed, not counted as parameters)."""
 
+    supports_data_parallel = False  # the memory bank would be updated per process shard
+
     def __init__(self, student, teacher, data: DataInfo, ce_weight: float = 1.0, weight: float = 0.8,
                  feat_dim: int = 128, nce_k: int = 16384, nce_t: float = 0.07, nce_m: float = 0.5):
         super().__init__(student, teacher)
