@@ -100,7 +100,7 @@ def _x(batch: int = 2) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- registry
 
-# OFD's CIFAR-100 models (not in RepDistiller): their layout is checked in tests/test_ofd.py
+# OFD's CIFAR-100 models (not in RepDistiller): layout and forwards are checked in tests/test_pyramidnet.py
 OFD_MODELS = {"wrn_16_4", "wrn_28_2", "wrn_28_4", "pyramidnet200", "pyramidnet110"}
 
 

@@ -19,13 +19,16 @@ flattened global-average-pooled vector that feeds the classifier)::
     family (models)                      len  feats                                  preact_feats
     resnet (resnet8..110, 8x4, 32x4)      5   stem, layer1..3 (post-ReLU), pooled    stem*, layer1..3 pre-ReLU, pooled
     resnetv2 (ResNet18/34/50)             6   stem, layer1..4, pooled                stem*, layer1..4 pre-ReLU, pooled
-    wrn (wrn_16_1 ... wrn_40_2)           5   conv1 (raw), block1..3 (raw sums),     conv1, BN(block1..3) with the BN
+    wrn (wrn_16_1 ... wrn_40_2, 28_4)         5   conv1 (raw), block1..3 (raw sums),     conv1, BN(block1..3) with the BN
                                               pooled                                 that precedes the next ReLU, pooled
     vgg (vgg8..vgg19, BN)                 6   relu(block0), relu(block1..4), pooled  relu(block0)*, block1..4 (BN out), pooled
     MobileNetV2                           6   stem, blocks[1],[2],[4],[6], pooled    identical to feats (official ignores preact)
     ShuffleV1                             5   stem, layer1..3, pooled                stem*, layer1..3 pre-ReLU, pooled
     ShuffleV2                             5   stem, layer1..3, pooled (after         stem*, layer1..3 pre-ReLU UNSHUFFLED, pooled
                                               conv2/bn2/relu: 1024-d)
+    PyramidNet (pyramidnet110/200, OFD)   5   bn1(conv1 x), layer1..3, pooled        stem, the next block's first pre-ReLU
+                                                                                     tensor (bottleneck: NOT the shape of
+                                                                                     feats[1:3]), bn_final(layer3), pooled
 
 ``*`` official quirk: ``preact_feats[0]`` is the post-ReLU stem (no model
 exposes a pre-ReLU stem). The last element is always the same 2-D ``pooled``

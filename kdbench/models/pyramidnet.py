@@ -15,6 +15,15 @@ pre-ReLU tensor *inside the next stage's first block* -- for bottleneck blocks `
 ``get_bn_before_relu()`` returns the BatchNorms that produce them (for basic blocks OFD's own
 ``get_bn_before_relu`` names ``bn2`` instead, which does not match its own features; it is only used
 for a teacher, and no OFD setting has a basic-block PyramidNet teacher).
+
+Two differences from the rest of the zoo (``features.py``): for the bottleneck model
+``preact_feats[1:3]`` do not have the shapes of ``feats[1:3]`` (100 and 180 channels for
+pyramidnet200, where the stage outputs have 384 and 704; ``feature_channels()`` gives those of
+``feats``); and a block's ``bn1`` feeds a convolution, not a ReLU, so for basic blocks the tensor OFD
+distils, ``bn1(f)``, is not followed by a ReLU in the network (the stem ``bn1(conv1 x)`` is not either).
+
+The zero channels of the shortcut are created on the input's device and dtype (the official code
+allocates them with ``torch.cuda.FloatTensor``, so it runs on CUDA only).
 """
 from __future__ import annotations
 
@@ -26,6 +35,8 @@ from torch import nn
 
 from .features import FeatureModel, FeatureOutput
 from .registry import register_model
+
+__all__ = ["BasicBlock", "Bottleneck", "PyramidNet", "pyramidnet110", "pyramidnet200"]
 
 
 def _conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
@@ -144,6 +155,7 @@ class PyramidNet(FeatureModel):
         return FeatureOutput(logits, [f0, f1, f2, f3, pooled], [f0, f1_pre, f2_pre, f3_pre, pooled])
 
     def feature_channels(self) -> list[int]:
+        """Channels of ``feats`` (``preact_feats[1:3]`` of a bottleneck model have the inner width)."""
         return [16, self.layer2[0].bn1.num_features, self.layer3[0].bn1.num_features, self.final_dim, self.final_dim]
 
     def get_feat_modules(self) -> nn.ModuleList:

@@ -1,7 +1,13 @@
-"""Wide ResNets of the CRD benchmark: wrn_16_1, wrn_16_2, wrn_40_1, wrn_40_2.
+"""Wide ResNets of the CRD benchmark: wrn_16_1, wrn_16_2, wrn_40_1, wrn_40_2; and of OFD's CIFAR-100
+settings: wrn_16_4, wrn_28_2, wrn_28_4.
 
 Same architecture, module names and initialisation as ``models/wrn.py`` of
-HobbitLong/RepDistiller (pre-activation WRN-d-k for 32x32 inputs).
+HobbitLong/RepDistiller (pre-activation WRN-d-k for 32x32 inputs). OFD's
+``CIFAR-100/models/WideResNet.py`` (clovaai/overhaul-distillation) is the same
+network: same state-dict keys and shapes, forward, initialisation, and the same
+``extract_feature(preReLU=True)`` / ``get_bn_before_relu`` tensors as our
+``preact_feats[1:4]`` / ``get_bn_before_relu`` (the layout its published WRN-28-4
+checkpoint needs for a strict load).
 
 Features (``forward_features``), 5 tensors each::
 
@@ -21,8 +27,9 @@ outputs. The values are identical to ours (same input, same batch
 statistics), but in training mode the second call also updates their
 running statistics and ``num_batches_tracked`` twice per step (this happens
 in RepDistiller only for AB, whose main loop uses ``preact=True`` on a
-training-mode student). We take the pre-ReLU tensors from the single forward
-pass instead; a method that wants the official side effect calls
+training-mode student, and in OFD's ``extract_feature(preReLU=True)``). We
+take the pre-ReLU tensors from the single forward pass instead; a method that
+wants the official side effect calls
 :meth:`WideResNet.replay_official_preact_bn_update` after ``forward_features``
 (verified to leave exactly the official running statistics).
 """
@@ -36,7 +43,8 @@ from ._common import init_msra_fan_out
 from .features import FeatureModel, FeatureOutput
 from .registry import register_model
 
-__all__ = ["BasicBlock", "NetworkBlock", "WideResNet", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2"]
+__all__ = ["BasicBlock", "NetworkBlock", "WideResNet", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2",
+           "wrn_16_4", "wrn_28_2", "wrn_28_4"]
 
 
 class BasicBlock(nn.Module):

@@ -7,7 +7,7 @@ from torch import nn
 from kdbench.connectors import place_like, probe_features
 from kdbench.distiller import Distiller
 
-from .loss import bn_margin, partial_l2
+from .loss import bn_margin, ofd_feature_loss
 
 
 def connector(s_channels: int, t_channels: int) -> nn.Sequential:
@@ -30,9 +30,15 @@ class OFD(Distiller):
     deeper stages weighted more (the last by 1, the one before by 1/2, ...), the sum divided by the
     batch size and by 1000 (``ofd_weight`` = 1e-3).
 
-    ``teacher_bn``: ``"batch"`` as the official CIFAR-100 code, which calls ``t_net.train()`` every
-    epoch (its BatchNorm then runs on batch statistics); ``"eval"`` for the usual frozen teacher.
+    ``teacher_bn``: ``"batch"`` (the default, as the official CIFAR-100 code, which calls
+    ``t_net.train()`` every epoch, so the teacher's BatchNorm runs on batch statistics); ``"eval"`` for
+    the usual frozen teacher on running statistics.
+
+    Any zoo pair works whose teacher has ``get_bn_before_relu()`` matching its ``preact_feats[1:-1]``
+    and whose stage maps have the teacher's spatial sizes (the 1x1 connector does not resize).
     """
+
+    teacher_bn = "batch"
 
     def __init__(self, student, teacher, ce_weight: float = 1.0, ofd_weight: float = 1e-3, teacher_bn: str = "batch"):
         super().__init__(student, teacher)
@@ -43,15 +49,19 @@ class OFD(Distiller):
         self.teacher_bn = teacher_bn
         self.ce_weight, self.ofd_weight = ce_weight, ofd_weight
         with torch.random.fork_rng(devices=[]):  # sizing draws nothing from the run's RNG stream
-            s_ch = [f.shape[1] for f in probe_features(student).preact_feats[1:-1]]
-            t_ch = [f.shape[1] for f in probe_features(teacher).preact_feats[1:-1]]
+            s_shapes = [tuple(f.shape[1:]) for f in probe_features(student).preact_feats[1:-1]]
+            t_shapes = [tuple(f.shape[1:]) for f in probe_features(teacher).preact_feats[1:-1]]
         bns = teacher.get_bn_before_relu()
-        if not len(s_ch) == len(t_ch) == len(bns):
-            raise ValueError(f"OFD pairs stages one to one: student {len(s_ch)}, teacher {len(t_ch)} features, "
+        if not len(s_shapes) == len(t_shapes) == len(bns):
+            raise ValueError(f"OFD pairs stages one to one: student {len(s_shapes)}, teacher {len(t_shapes)} features, "
                              f"{len(bns)} teacher BatchNorms")
-        if [bn.num_features for bn in bns] != t_ch:
+        if [bn.num_features for bn in bns] != [t[0] for t in t_shapes]:
             raise ValueError("the teacher's BatchNorms before ReLU do not match its pre-ReLU features")
-        self.connectors = nn.ModuleList(connector(s, t) for s, t in zip(s_ch, t_ch))
+        mismatch = [(i, s[1:], t[1:]) for i, (s, t) in enumerate(zip(s_shapes, t_shapes)) if s[1:] != t[1:]]
+        if mismatch:
+            raise ValueError("OFD's 1x1 connectors need student stage maps of the teacher's spatial size; "
+                             + ", ".join(f"stage {i}: student {s}, teacher {t}" for i, s, t in mismatch))
+        self.connectors = nn.ModuleList(connector(s[0], t[0]) for s, t in zip(s_shapes, t_shapes))
         place_like(self.connectors, student)
         device = next(teacher.parameters()).device
         for i, bn in enumerate(bns):
@@ -66,9 +76,8 @@ class OFD(Distiller):
         if replay is not None:  # the official preReLU features re-run the student's BNs (stats move twice)
             replay(out_s.feats)
         t_feats = self.teacher_features(images).preact_feats[1:-1]
-        n = len(t_feats)
-        loss = sum(partial_l2(conn(f_s), f_t, m) / 2 ** (n - 1 - i) for i, (conn, f_s, f_t, m) in
-                   enumerate(zip(self.connectors, out_s.preact_feats[1:-1], t_feats, self.margins())))
+        s_feats = [conn(f) for conn, f in zip(self.connectors, out_s.preact_feats[1:-1])]
+        loss = ofd_feature_loss(s_feats, t_feats, self.margins())
         return out_s.logits, {
             "loss_ce": self.ce_weight * F.cross_entropy(out_s.logits, labels),
             "loss_ofd": self.ofd_weight * loss / images.shape[0],
