@@ -5,6 +5,16 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """torch on one thread for the tests of a module, restored afterwards."""
+    import torch
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def sandbox(tmp_path, monkeypatch):
     """Data, runs and results of a test live in its own temporary folder."""

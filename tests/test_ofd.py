@@ -23,11 +23,8 @@ PAPER_PAIRS = ["wrn_28_4-wrn_16_4", "wrn_28_4-wrn_28_2", "wrn_28_4-wrn_16_2", "w
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_thread(one_thread_module):
+    """These tests run on one torch thread (restored after the module)."""
 
 
 # --------------------------------------------------------------------------- loss

@@ -23,11 +23,8 @@ from kdbench.models.pyramidnet import PyramidNet
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_thread(one_thread_module):
+    """These tests run on one torch thread (restored after the module)."""
 
 
 @functools.cache

@@ -19,7 +19,7 @@ flattened global-average-pooled vector that feeds the classifier)::
     family (models)                      len  feats                                  preact_feats
     resnet (resnet8..110, 8x4, 32x4)      5   stem, layer1..3 (post-ReLU), pooled    stem*, layer1..3 pre-ReLU, pooled
     resnetv2 (ResNet18/34/50)             6   stem, layer1..4, pooled                stem*, layer1..4 pre-ReLU, pooled
-    wrn (wrn_16_1 ... wrn_40_2, 28_4)         5   conv1 (raw), block1..3 (raw sums),     conv1, BN(block1..3) with the BN
+    wrn (wrn_16_1 ... wrn_40_2, 28_4)     5   conv1 (raw), block1..3 (raw sums),     conv1, BN(block1..3) with the BN
                                               pooled                                 that precedes the next ReLU, pooled
     vgg (vgg8..vgg19, BN)                 6   relu(block0), relu(block1..4), pooled  relu(block0)*, block1..4 (BN out), pooled
     MobileNetV2                           6   stem, blocks[1],[2],[4],[6], pooled    identical to feats (official ignores preact)
