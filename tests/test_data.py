@@ -17,6 +17,7 @@ import torchvision.transforms.functional as TF
 from kdbench.data import DATASETS, DatasetUnavailable, DeviceLoader, data_root, load_split, make_loaders
 from kdbench.data import cifar, synthetic
 from kdbench.data.imagenet import imagenet_folder
+from kdbench.data.loader import rotate_nearest
 
 CIFAR100 = DATASETS["cifar100"]
 
@@ -349,6 +350,79 @@ def test_augmentation_matches_torchvision_reference():
     out = loader._normalise(loader._augment(idx, centre, centre, torch.zeros(10, dtype=torch.bool)))
     expected = (x[:10].float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+def _pil_pipeline(img_u8: torch.Tensor, top: int, left: int, flip: bool, angle: float, mean, std) -> torch.Tensor:
+    """Tf-KD's transform on a PIL image as torchvision runs it: RandomCrop(32, padding=4), horizontal
+    flip, RandomRotation (nearest, fill 0) at ``angle``, ToTensor, Normalize."""
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode
+    img = Image.fromarray(img_u8.permute(1, 2, 0).numpy())
+    img = TF.crop(TF.pad(img, [4, 4, 4, 4], fill=0), top, left, 32, 32)
+    if flip:
+        img = TF.hflip(img)
+    img = TF.rotate(img, angle, interpolation=InterpolationMode.NEAREST, fill=0)
+    return TF.normalize(TF.to_tensor(img), list(mean), list(std))
+
+
+def test_rotation_matches_pillow_exactly():
+    """The device rotation is pixel for pixel what Pillow computes, for odd and even sizes, one and three
+    channels, and the angles where rounding is delicate (0, the extremes, tiny ones)."""
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode
+    g = torch.Generator().manual_seed(0)
+    for size, ch in ((32, 3), (28, 1), (31, 3)):
+        x = torch.randint(1, 256, (40, ch, size, size), dtype=torch.uint8, generator=g)
+        angles = [0.0, 15.0, -15.0, 7.5, -1e-4, 14.99999, 45.0, -90.0] + torch.empty(32).uniform_(
+            -30, 30, generator=g).tolist()
+        ours = rotate_nearest(x, angles)
+        assert (ours == 0).any() and not torch.equal(ours[1], x[1])  # corners filled, images moved
+        for i, angle in enumerate(angles):
+            arr = x[i].permute(1, 2, 0).numpy()
+            pil = TF.rotate(Image.fromarray(arr[..., 0] if ch == 1 else arr), angle,
+                            interpolation=InterpolationMode.NEAREST)
+            ref = torch.from_numpy(np.asarray(pil).copy()).reshape(size, size, ch).permute(2, 0, 1)
+            assert torch.equal(ours[i], ref), (size, ch, angle)
+
+
+def test_loader_rotation_is_torchvisions_crop_flip_rotate_and_has_no_view_ids():
+    x, y = _toy()
+    mean, std = CIFAR100["mean"], CIFAR100["std"]
+    plain = DeviceLoader(x, y, batch_size=16, device="cpu", mean=mean, std=std, train=True, seed=11)
+    loader = DeviceLoader(x, y, batch_size=16, device="cpu", mean=mean, std=std, train=True, seed=11, rotation=15)
+    for ld in (plain, loader):
+        ld.set_epoch(2)
+    plan, base = loader.epoch_plan(), plain.epoch_plan()
+    for key in ("order", "offsets", "flips"):  # the rotation is drawn after, the crops and flips stay
+        assert torch.equal(plan[key], base[key])
+    angles = plan["angles"]
+    assert angles.abs().max() <= 15 and angles.min() < -5 and angles.max() > 5
+    assert loader.num_views is None and plain.num_views == 162
+    checked = 0
+    for images, _, indices, views in loader.batches():
+        assert views is None
+        for j in range(0, len(indices), 4):
+            i = indices[j].item()
+            top, left = plan["offsets"][i].tolist()
+            ref = _pil_pipeline(x[i], top, left, bool(plan["flips"][i]), float(angles[i]), mean, std)
+            torch.testing.assert_close(images[j], ref, atol=1e-5, rtol=0)
+            checked += 1
+    assert checked >= 10
+    test = DeviceLoader(x, y, batch_size=16, device="cpu", mean=mean, std=std, train=False, rotation=15)
+    assert torch.equal(next(iter(test))[0], next(iter(DeviceLoader(
+        x, y, batch_size=16, device="cpu", mean=mean, std=std, train=False)))[0])  # evaluation never rotates
+    with pytest.raises(ValueError, match="rotation"):
+        DeviceLoader(x, y, batch_size=16, device="cpu", mean=mean, std=std, train=True, rotation=-1)
+
+
+def test_same_class_partners_are_rotated_independently():
+    x, y = _toy()
+    loader = DeviceLoader(x, y, batch_size=8, device="cpu", mean=CIFAR100["mean"], std=CIFAR100["std"],
+                          train=True, seed=1, rotation=15, same_class_pairs=True)
+    plan = loader.epoch_plan()
+    assert not torch.equal(plan["angles"], plan["partner_angles"])
+    images, labels, indices, _ = next(loader.batches())
+    assert images.shape[0] == 16 and torch.equal(labels[:8], labels[8:])
 
 
 def test_padding_normalises_to_minus_mean_over_std():

@@ -146,7 +146,7 @@ def make_loaders(name: str, *, batch_size: int, device, seed: int = 0, test_batc
     before iterating epoch ``e``. ``test_batch_size`` defaults to ``batch_size``. ``subset``: see
     :func:`load_split` (``synthetic=`` is accepted as an alias of it). ``workers`` only matters for
     ImageNet (CPU decoding); the CIFAR/MNIST loaders have no workers. ``augment`` -- ``{"mean", "std",
-    "padding_mode", "padding", "flip"}`` -- replaces the dataset's normalisation and training
+    "padding_mode", "padding", "flip", "rotation"}`` -- replaces the dataset's normalisation and training
     augmentation (a paper's own transform; ``DATASETS`` holds the defaults); CIFAR/MNIST formats only.
     ``sampler``: ``"random"`` (shuffled batches) or ``"same_class_pairs"`` (every sample followed by a
     random sample of its class, see :class:`DeviceLoader`; CS-KD).
@@ -184,9 +184,10 @@ def make_loaders(name: str, *, batch_size: int, device, seed: int = 0, test_batc
     common = dict(device=device, mean=augment.pop("mean", info["mean"]), std=augment.pop("std", info["std"]),
                   channels_last=channels_last, dtype=dtype)
     crop = dict(padding_mode=augment.pop("padding_mode", "zeros"), padding=augment.pop("padding", info["padding"]),
-                flip=augment.pop("flip", info["flip"]))
+                flip=augment.pop("flip", info["flip"]), rotation=augment.pop("rotation", 0.0))
     if augment:
-        raise ValueError(f"unknown augment option(s) {sorted(augment)}; valid: mean, std, padding_mode, padding, flip")
+        raise ValueError(f"unknown augment option(s) {sorted(augment)}; "
+                         "valid: mean, std, padding_mode, padding, flip, rotation")
     x, y = load_split(name, True, root=root, download=download, subset=subset)
     train_loader = DeviceLoader(x, y, batch_size=batch_size, train=True, seed=seed, drop_last=drop_last,
                                 shard=shard, same_class_pairs=sampler == "same_class_pairs", **crop, **common)

@@ -12,7 +12,8 @@ The augmentation is exactly torchvision's ``RandomCrop(32, padding=4)`` followed
 pixels come from the image zero-padded by ``padding`` (so padding normalises to ``-mean/std``),
 the crop's top-left corner is uniform in ``[0, 2 * padding]`` on each axis, the flip has p = 1/2.
 With ``flip=False`` there is no flip (digits): the crop alone is a random translation by up to
-``padding`` pixels on each axis, zero-filled (``padding=0``: no augmentation).
+``padding`` pixels on each axis, zero-filled (``padding=0``: no augmentation). ``rotation=d`` adds
+torchvision's ``RandomRotation(d)`` after the flip, as Pillow computes it (see :func:`rotate_nearest`).
 
 Randomness: an epoch's sample order (``torch.randperm``), crop offsets and flips are drawn on the CPU
 from a ``torch.Generator`` seeded from ``(seed, epoch)`` and then moved to the device. The offsets and
@@ -34,6 +35,51 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """A CPU generator for (seed, epoch); SeedSequence mixing makes nearby pairs unrelated."""
     state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch) & 0xFFFFFFFF]).generate_state(2, np.uint32)
     return torch.Generator(device="cpu").manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def _pil_rotation_matrix(angles_deg) -> torch.Tensor:
+    """Float64 ``K x 4`` rows ``(a, b, d, e)``: the linear part of the inverse map Pillow's
+    ``Image.rotate(angle)`` builds, rounded to 15 decimals as Pillow rounds it (Python ``math``, like
+    Pillow, so that the fixed-point conversion below sees the same doubles)."""
+    rows = []
+    for angle in (float(v) for v in angles_deg):
+        r = -math.radians(angle % 360.0)
+        cos, sin = round(math.cos(r), 15), round(math.sin(r), 15)
+        rows.append((cos, sin, -sin, cos))
+    return torch.tensor(rows, dtype=torch.float64).view(-1, 4)
+
+
+def rotate_nearest(x: torch.Tensor, angles_deg) -> torch.Tensor:
+    """Rotate each image of the uint8 batch ``x`` (B x C x H x W) counter-clockwise by its angle in
+    degrees about the image centre, nearest neighbour, zero fill: exactly
+    ``torchvision.transforms.functional.rotate(pil_image, angle)`` with ``InterpolationMode.NEAREST``
+    (what ``RandomRotation(d)`` does to a PIL image), computed on ``x``'s device.
+
+    Pillow (``affine_fixed`` in its Geometry.c) converts the inverse map to 16.16 fixed point with
+    ``floor(v * 65536 + 0.5)``, evaluated at the centre of output pixel (0, 0), and steps through the
+    output in integer arithmetic: output ``(x, y)`` reads input ``((a2 + a0 x + a1 y) >> 16, (a5 + a3 x +
+    a4 y) >> 16)``, zero outside the image. The same doubles and integers here give the same pixels."""
+    b, _, h, w = x.shape
+    m = _pil_rotation_matrix(angles_deg)
+    cx, cy = w / 2.0, h / 2.0
+    a, bb, d, e = m.unbind(1)
+    c = a * -cx + bb * -cy + cx  # Pillow: matrix[2], matrix[5] = transform(-cx, -cy) + centre
+    f = d * -cx + e * -cy + cy
+
+    def fix(v: torch.Tensor) -> torch.Tensor:
+        return torch.floor(v * 65536.0 + 0.5).to(torch.int64)
+    a0, a1, a3, a4 = fix(a), fix(bb), fix(d), fix(e)
+    a2 = fix(c + a * 0.5 + bb * 0.5)  # the map evaluated at the centre of output pixel (0, 0)
+    a5 = fix(f + d * 0.5 + e * 0.5)
+    coef = torch.stack([a0, a1, a2, a3, a4, a5], 1).to(x.device)
+    xs = torch.arange(w, device=x.device, dtype=torch.int64).view(1, 1, w)
+    ys = torch.arange(h, device=x.device, dtype=torch.int64).view(1, h, 1)
+    col = (coef[:, 2, None, None] + ys * coef[:, 1, None, None] + xs * coef[:, 0, None, None]) >> 16
+    row = (coef[:, 5, None, None] + ys * coef[:, 4, None, None] + xs * coef[:, 3, None, None]) >> 16
+    inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)  # B x H x W
+    src = (row.clamp(0, h - 1) * w + col.clamp(0, w - 1)).view(b, 1, h * w).expand(-1, x.shape[1], -1)
+    out = x.reshape(b, x.shape[1], h * w).gather(2, src).view_as(x)
+    return out * inside.unsqueeze(1).to(x.dtype)
 
 
 def _reflect_pad(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -73,6 +119,9 @@ class DeviceLoader(EpochBatches):
             ``flip``); else fixed order, normalisation only.
         padding_mode: ``"zeros"`` (``RandomCrop(32, padding=4)``) or ``"reflect"`` (``Pad(4,
             padding_mode="reflect")`` then a 32 x 32 crop, as OFD's and some other official code does).
+        rotation: degrees ``d`` of torchvision's ``RandomRotation(d)`` after the crop and flip (an angle
+            uniform in ``[-d, d]`` per sample, nearest, zero fill; Tf-KD's transform); 0 = none. The set
+            of augmented views is then unbounded (``num_views`` is None: no teacher-logit cache).
         seed: with the epoch (``set_epoch``), fixes order and augmentation.
         same_class_pairs: each training batch of ``batch_size`` samples is followed by as many partners,
             partner ``k`` drawn uniformly among the samples of anchor ``k``'s class (possibly itself) and
@@ -89,7 +138,8 @@ class DeviceLoader(EpochBatches):
     def __init__(self, images_u8: torch.Tensor, labels: torch.Tensor, *, batch_size: int, device, mean, std,
                  train: bool, seed: int = 0, drop_last: bool = False, channels_last: bool = False,
                  dtype: torch.dtype = torch.float32, padding: int = 4, padding_mode: str = "zeros",
-                 flip: bool = True, shard: tuple[int, int] = (0, 1), same_class_pairs: bool = False):
+                 flip: bool = True, shard: tuple[int, int] = (0, 1), same_class_pairs: bool = False,
+                 rotation: float = 0.0):
         if images_u8.dtype != torch.uint8 or images_u8.dim() != 4:
             raise ValueError(f"images must be uint8 N x C x H x W, got {images_u8.dtype} {tuple(images_u8.shape)}")
         if labels.shape != images_u8.shape[:1]:
@@ -109,6 +159,9 @@ class DeviceLoader(EpochBatches):
             raise ValueError(f"flip must be true or false, got {flip!r}")
         self.padding = padding if train else 0
         self.flip = flip and self.train
+        if isinstance(rotation, bool) or not isinstance(rotation, (int, float)) or not 0 <= rotation <= 180:
+            raise ValueError(f"rotation must be degrees in [0, 180], got {rotation!r}")
+        self.rotation = float(rotation) if self.train else 0.0
         if padding_mode not in ("zeros", "reflect"):
             raise ValueError(f"padding_mode must be zeros or reflect, got {padding_mode!r}")
         self.padding_mode = padding_mode
@@ -140,6 +193,11 @@ class DeviceLoader(EpochBatches):
         self._windows = both.unfold(3, h, 1).unfold(4, w, 1).permute(0, 1, 3, 4, 2, 5, 6)
 
     @property
+    def raw_inputs(self) -> torch.Tensor:
+        """What a method sees as the training inputs (``DataInfo.train_inputs``): :attr:`images`."""
+        return self.images
+
+    @property
     def images(self) -> torch.Tensor:
         """The unaugmented uint8 dataset on the device (a view: no copy)."""
         if not self.train:
@@ -156,12 +214,20 @@ class DeviceLoader(EpochBatches):
         offsets = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=g)
         flips = torch.rand(n, generator=g) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
         plan = {"order": order, "offsets": offsets, "flips": flips}
+        if self.rotation:  # drawn after the crops and flips, which stay those of a loader without rotation
+            plan["angles"] = self._angles(n, g)
         if self.same_class_pairs:  # drawn after the anchors' draws, which stay those of a plain loader
             plan["partners"] = self._same_class(order, g)  # partner of the anchor at each epoch position
             plan["partner_offsets"] = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=g)
             plan["partner_flips"] = (torch.rand(n, generator=g) < 0.5 if self.flip
                                      else torch.zeros(n, dtype=torch.bool))
+            if self.rotation:
+                plan["partner_angles"] = self._angles(n, g)
         return plan
+
+    def _angles(self, n: int, g: torch.Generator) -> torch.Tensor:
+        """Per sample, RandomRotation's angle: float32 uniform in [-d, d] (torchvision draws it so)."""
+        return torch.empty(n, dtype=torch.float32).uniform_(-self.rotation, self.rotation, generator=g)
 
     def _same_class(self, anchors: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """For each anchor, a sample of its class drawn uniformly (``random.choice(classwise[y])``)."""
@@ -187,6 +253,12 @@ class DeviceLoader(EpochBatches):
         left = torch.where(flip, 2 * self.padding - left, left)
         return self._gather(flip.long(), idx, top, left)
 
+    def _rotate(self, x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+        if not self.rotation:
+            return x
+        x = rotate_nearest(x, angles.tolist())
+        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+
     def _gather(self, flip, idx, top, left) -> torch.Tensor:
         x = self._windows[flip, idx, top, left]  # B x C x H x W
         # the gather keeps the storage's layout; the conversion is a no-op unless a backend differs
@@ -194,7 +266,10 @@ class DeviceLoader(EpochBatches):
 
     @property
     def num_views(self) -> int:
-        """Distinct augmented views of one training image: (2p + 1)^2 crop offsets x 2 flips (1 without)."""
+        """Distinct augmented views of one training image: (2p + 1)^2 crop offsets x 2 flips (1 without);
+        None when a random rotation makes them unbounded."""
+        if self.rotation:
+            return None
         return (2 if self.flip else 1) * (2 * self.padding + 1) ** 2 if self.train else 1
 
     def view_ids(self, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
@@ -226,23 +301,28 @@ class DeviceLoader(EpochBatches):
         left = torch.where(flips, 2 * self.padding - plan["offsets"][order, 1], plan["offsets"][order, 1])
         nb = self.device.type == "cuda"
         views = self.view_ids(plan["offsets"][order], flips)
-        draws = [order, flips.long(), top, left, views]
+        angles = plan["angles"][order] if self.rotation else torch.zeros(len(order))
+        draws = [order, flips.long(), top, left, views, angles]
         if self.same_class_pairs:  # the partners' own draws, per epoch position like the anchors'
             p_flips, p_offsets = plan["partner_flips"], plan["partner_offsets"]
             p_left = torch.where(p_flips, 2 * self.padding - p_offsets[:, 1], p_offsets[:, 1])
-            draws += [plan["partners"], p_flips.long(), p_offsets[:, 0], p_left, self.view_ids(p_offsets, p_flips)]
+            p_angles = plan["partner_angles"] if self.rotation else angles
+            draws += [plan["partners"], p_flips.long(), p_offsets[:, 0], p_left, self.view_ids(p_offsets, p_flips),
+                      p_angles]
         if self.world > 1:
             pick = torch.arange(self.rank, self.world * n, self.world)
             draws = [t[pick] for t in draws]
+        angle_lists = [draws[5]] + ([draws[11]] if self.same_class_pairs else [])  # stay on the CPU
         draws = [t.to(self.device, non_blocking=nb) for t in draws]
         for start in range(0, stop, bs):
             batch = [t[start:start + bs] for t in draws]
             idx, views = batch[0], batch[4]
-            x = self._gather(batch[1], idx, batch[2], batch[3])
+            x = self._rotate(self._gather(batch[1], idx, batch[2], batch[3]), angle_lists[0][start:start + bs])
             if self.same_class_pairs:
-                idx, views = torch.cat([idx, batch[5]]), torch.cat([views, batch[9]])
-                x = torch.cat([x, self._gather(batch[6], batch[5], batch[7], batch[8])])
-            yield self._normalise(x), self.labels[idx], idx, views
+                idx, views = torch.cat([idx, batch[6]]), torch.cat([views, batch[10]])
+                x = torch.cat([x, self._rotate(self._gather(batch[7], batch[6], batch[8], batch[9]),
+                                               angle_lists[1][start:start + bs])])
+            yield self._normalise(x), self.labels[idx], idx, (None if self.rotation else views)
 
     def __repr__(self) -> str:
         return (f"DeviceLoader(n={self.num_samples}, batch_size={self.batch_size}, train={self.train}, "

@@ -84,13 +84,15 @@ class TabularLoader(EpochBatches):
 
     Args:
         features: ``N x F`` (already normalised); labels: ``N`` integer labels.
+        raw: the same examples before normalisation (``raw_inputs``, kept on the CPU), if known.
         batch_size: samples per batch; the last short batch is kept unless ``drop_last``.
         train: shuffle each epoch (order from ``(seed, epoch)``); else file order.
         shard: ``(rank, world)``: process r of N takes epoch positions r, r + N, ... (as DeviceLoader).
     """
 
     def __init__(self, features, labels, *, batch_size: int, device, train: bool, seed: int = 0,
-                 drop_last: bool = False, dtype: torch.dtype = torch.float32, shard: tuple[int, int] = (0, 1)):
+                 drop_last: bool = False, dtype: torch.dtype = torch.float32, shard: tuple[int, int] = (0, 1),
+                 raw=None):
         features = torch.as_tensor(features)
         labels = torch.as_tensor(labels)
         if features.dim() != 2 or not features.is_floating_point():
@@ -107,6 +109,9 @@ class TabularLoader(EpochBatches):
         self.num_samples, self.num_features = features.shape
         self.features = features.to(self.device, dtype).contiguous()
         self.labels = labels.to(self.device, torch.int64)
+        self.raw_inputs = None if raw is None else torch.as_tensor(raw)
+        if self.raw_inputs is not None and self.raw_inputs.shape != features.shape:
+            raise ValueError(f"raw inputs {tuple(self.raw_inputs.shape)} do not match features {tuple(features.shape)}")
 
     num_views = 1  # no augmentation: one view per sample
 
@@ -150,7 +155,7 @@ def tabular_loaders(name: str, *, batch_size: int, device, seed: int = 0, test_b
         loaders.append(TabularLoader(torch.from_numpy(standardise(name, x)), torch.from_numpy(y),
                                      batch_size=batch_size if train else (test_batch_size or batch_size),
                                      device=device, train=train, seed=seed, drop_last=drop_last and train,
-                                     dtype=dtype, shard=shard if train else (0, 1)))
+                                     dtype=dtype, shard=shard if train else (0, 1), raw=torch.from_numpy(x)))
     _, y = _raw(name)
     return loaders[0], loaders[1], int(y.max()) + 1
 
