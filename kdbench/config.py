@@ -31,6 +31,7 @@ class TrainConfig:
     milestones: list[int] = field(default_factory=list)  # lr *= gamma when epoch > m (1-based)
     gamma: float = 0.1
     warmup_epochs: int = 0  # linear lr warm-up from 0 over these epochs (0 = none)
+    warmup_unit: str = "epoch"  # epoch: lr x e / warmup_epochs in epoch e | step: raised every step (see lr_at)
     test_batch_size: int = 256
     amp: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | bf16 | off
     channels_last: str = "auto"  # auto (on CUDA) | on | off
@@ -40,13 +41,29 @@ class TrainConfig:
     compile: bool = False  # torch.compile the student and teacher (opt-in: measured in kdbench bench --compile)
     fused_optimizer: bool = False  # SGD's fused kernel (opt-in: same update rule, one kernel for all parameters)
     keep_checkpoints: list = field(default_factory=list)  # "best" and/or epochs whose student weights are kept
+    best_tie: str = "first"  # the best epoch among equal top-1s: first (val > best) | last (val >= best)
 
-    def lr_at(self, epoch: int) -> float:
-        """Learning rate of 1-based ``epoch`` (the official ``epoch > milestone`` rule)."""
+    def lr_at(self, epoch: int, step: int | None = None, steps: int | None = None) -> float:
+        """Learning rate of 1-based ``epoch`` (the official ``epoch > milestone`` rule).
+
+        Warm-up: per epoch, epoch ``e <= warmup_epochs`` runs at ``lr x e / warmup_epochs``; per step,
+        0-based step ``i`` of ``steps`` per epoch runs at ``lr x (k + 1) / (warmup_epochs x steps)`` with
+        ``k = (e - 1) x steps + i`` (a ``WarmUpLR`` stepped before every batch: the first batch already
+        moves, the last batch of the warm-up reaches the full lr). Without ``step`` a per-step warm-up
+        epoch reports the lr it ends at."""
         lr = self.lr * self.gamma ** sum(epoch > m for m in self.milestones)
         if self.warmup_epochs and epoch <= self.warmup_epochs:
-            lr *= epoch / self.warmup_epochs
+            if self.warmup_unit == "epoch":
+                lr *= epoch / self.warmup_epochs
+            elif step is not None:
+                lr *= ((epoch - 1) * steps + step + 1) / (self.warmup_epochs * steps)
         return lr
+
+    def warms_per_step(self, epoch: int) -> bool:
+        return self.warmup_unit == "step" and epoch <= self.warmup_epochs
+
+    def is_best(self, top1: float, best: float) -> bool:
+        return top1 > best or (self.best_tie == "last" and top1 == best)
 
 
 @dataclass
@@ -86,7 +103,7 @@ class RunConfig:
     statistic: str = "best"  # which top-1 the paper reports: best | last
     data_subset: dict | None = None  # synthetic-size options for smoke presets
     kd: dict | None = None  # {"weight", "temperature"}: add Hinton's KD term to the method (+kd)
-    augment: dict | None = None  # {"mean", "std", "padding_mode"}: a paper's own CIFAR transform
+    augment: dict | None = None  # {mean, std, padding_mode, padding, flip, rotation}: a paper's own transform
     teacher_augment: dict | None = None  # a trained teacher's own augmentation (augment with these keys replaced)
     teacher_checkpoint: dict | None = None  # a paper's own published teacher (see kdbench.teachers)
     sampler: str = "random"  # random | same_class_pairs (kdbench.data.make_loaders)
@@ -101,12 +118,33 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+        return hashlib.sha256(json.dumps(non_default(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def non_default(obj):
+    """``dataclasses.asdict`` without the fields left at their default: what identifies a recipe. A new
+    option added with a default that keeps the old behaviour leaves the digest of every existing config,
+    and so every cached teacher and completed upstream run, valid."""
+    if dataclasses.is_dataclass(obj):
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if f.default is not dataclasses.MISSING and value == f.default:
+                continue
+            if f.default_factory is not dataclasses.MISSING and value == f.default_factory():
+                continue
+            out[f.name] = non_default(value)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [non_default(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: non_default(v) for k, v in obj.items()}
+    return obj
 
 
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
 KD_KEYS = {"weight", "temperature"}
-AUGMENT_KEYS = {"mean", "std", "padding_mode", "padding", "flip"}
+AUGMENT_KEYS = {"mean", "std", "padding_mode", "padding", "flip", "rotation"}
 TEACHER_CHECKPOINT_KEYS = {"url", "file", "sha256", "state_key", "strip_prefix", "reported_top1"}
 PRESET_KEYS = {"kd", "plus_kd_source", "dataset", "reported_source", "reported_method", "teacher_source", "seeds", "default_pair", "pairs", "train", "method",
                "stages", "teacher_train", "description", "data_subset", "augment", "teacher_augment", "teacher_checkpoint",
@@ -152,6 +190,9 @@ def make_train(where: str, raw: dict) -> TrainConfig:
         raise UsageError(f"malformed config: {where}.amp={cfg.amp!r}; choose from: {', '.join(sorted(AMP_CHOICES))}")
     if cfg.teacher_cache not in {"auto", "on", "off"}:
         raise UsageError(f"malformed config: {where}.teacher_cache={cfg.teacher_cache!r}; choose from: auto, off, on")
+    for name, valid in (("warmup_unit", ("epoch", "step")), ("best_tie", ("first", "last"))):
+        if getattr(cfg, name) not in valid:
+            raise UsageError(f"malformed config: {where}.{name}={getattr(cfg, name)!r}; choose from: {', '.join(valid)}")
     if cfg.channels_last not in {"auto", "on", "off"}:
         raise UsageError(f"malformed config: {where}.channels_last={cfg.channels_last!r}; choose from: auto, off, on")
     for name in ("epochs", "batch_size"):

@@ -3,7 +3,6 @@ with ``weights_only=True``), or a teacher trained here with a preset's recipe
 and cached by the hash of that recipe."""
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -15,6 +14,7 @@ import torch
 from torch.hub import download_url_to_file
 
 from . import checkpoint
+from .config import non_default
 from .data import data_root
 from .errors import Unavailable, UsageError
 from .models import resolve_name, create_model
@@ -154,7 +154,7 @@ def get_teacher(cfg, num_classes: int, device, train_teacher) -> tuple[torch.nn.
         return load_published(cfg.teacher, num_classes, device)
     if cfg.teacher_source != "train":
         raise UsageError(f"unknown teacher_source {cfg.teacher_source!r}; choose from: none, published, train")
-    train_cfg = dataclasses.asdict(cfg.teacher_train)
+    train_cfg = non_default(cfg.teacher_train)
     augment = cfg.teacher_augment or cfg.augment  # what the teacher is trained with
     data_options = cfg.data_subset if not augment else {**(cfg.data_subset or {}), "augment": augment}
     key = trained_key(cfg.teacher, cfg.dataset, train_cfg, data_options, seed=0)

@@ -95,7 +95,10 @@ def fit(distiller: Distiller, train_loader, test_loader, cfg: TrainConfig, *, ru
         seen, start = 0, time.perf_counter()
         bar = tqdm(train_loader.batches(), total=len(train_loader), desc=f"{stage} {epoch}/{cfg.epochs}", unit="batch",
                    leave=False, disable=not (sys.stderr.isatty() if progress is None else progress))
-        for images, labels, indices, views in bar:
+        for step, (images, labels, indices, views) in enumerate(bar):
+            if cfg.warms_per_step(epoch):
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.lr_at(epoch, step, len(train_loader))
             ctx = StepContext(epoch=epoch, epochs=cfg.epochs, stage=stage, indices=indices, views=views)
             losses = train_step(distiller, optimizer, images, labels, ctx, amp)
             for name, value in losses.items():  # stays on the device: no sync per step
@@ -111,7 +114,7 @@ def fit(distiller: Distiller, train_loader, test_loader, cfg: TrainConfig, *, ru
             distributed.broadcast_buffers(distiller.student)
             test = accuracy(distiller.student, test_loader, amp=amp)
             record.update(test_top1=test["top1"], test_top5=test["top5"], test_loss=test["loss"])
-            if test["top1"] > state["best_top1"]:
+            if cfg.is_best(test["top1"], state["best_top1"]):
                 state.update(best_top1=test["top1"], best_epoch=epoch, best_top5=test["top5"])
         state["epoch"] = epoch
         state["history"].append(record)

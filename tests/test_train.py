@@ -1,6 +1,7 @@
 """The trainer: schedule, logging, atomic checkpoints and exact resume."""
 import json
 
+import pytest
 import torch
 from torch import nn
 
@@ -145,3 +146,57 @@ def test_fused_optimizer_and_compile_flags_keep_the_update_rule(tmp_path):
     assert list(compiled.state_dict()) == list(eager.state_dict())
     for (k, v1), v2 in zip(eager.state_dict().items(), compiled.state_dict().values()):
         torch.testing.assert_close(v1, v2, rtol=1e-3, atol=1e-4, msg=k)
+
+
+def test_per_step_warmup_and_tie_rule_in_lr_at_and_is_best():
+    cfg = TrainConfig(epochs=3, batch_size=32, lr=0.1, weight_decay=0, warmup_epochs=2, warmup_unit="step")
+    assert [cfg.lr_at(1, i, 4) for i in range(4)] == pytest.approx([0.1 * k / 8 for k in range(1, 5)])
+    assert [cfg.lr_at(2, i, 4) for i in range(4)] == pytest.approx([0.1 * k / 8 for k in range(5, 9)])
+    assert cfg.lr_at(3, 0, 4) == cfg.lr_at(3) == 0.1 and cfg.warms_per_step(2) and not cfg.warms_per_step(3)
+    per_epoch = TrainConfig(epochs=3, batch_size=32, lr=0.1, weight_decay=0, warmup_epochs=2)
+    assert [per_epoch.lr_at(e) for e in (1, 2, 3)] == [0.05, 0.1, 0.1] and not per_epoch.warms_per_step(1)
+    first, last = CFG, TrainConfig(**{**CFG.__dict__, "best_tie": "last"})
+    assert not first.is_best(50.0, 50.0) and last.is_best(50.0, 50.0)
+    assert first.is_best(50.1, 50.0) and not last.is_best(49.9, 50.0)
+
+
+class LrProbe(Vanilla):
+    """Adds a loss ``w`` on an extra weight: its gradient is 1, so without momentum or decay every
+    optimizer step moves it by exactly the step's lr."""
+
+    def __init__(self, student):
+        super().__init__(student)
+        self.probe = nn.Linear(1, 1, bias=False)
+        nn.init.zeros_(self.probe.weight)
+        self.moves: list[float] = []
+
+    def forward(self, images, labels, ctx):
+        self.moves.append(-self.probe.weight.item())  # where the previous steps have taken it
+        logits, losses = super().forward(images, labels, ctx)
+        return logits, {**losses, "probe": self.probe.weight.sum()}
+
+
+def test_fit_raises_the_lr_every_step_during_a_per_step_warmup(tmp_path):
+    torch.manual_seed(0)
+    method = LrProbe(tiny_net())
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.1, weight_decay=0, momentum=0, warmup_epochs=1,
+                      warmup_unit="step")
+    fit(method, *loaders(), cfg, run_dir=tmp_path, log=lambda *_: None)
+    lrs = [b - a for a, b in zip(method.moves, method.moves[1:])]  # 3 steps per epoch: 5 measured
+    assert lrs == pytest.approx([0.1 / 3, 0.2 / 3, 0.1, 0.1, 0.1], rel=1e-5)
+
+
+def test_best_tie_last_keeps_the_last_of_equal_epochs(tmp_path):
+    """With lr 0 and frozen BN statistics every epoch scores the same: ``first`` names epoch 1, ``last``
+    the final epoch (and keeps that epoch's weights as "best")."""
+    results = {}
+    for tie in ("first", "last"):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                            nn.Linear(8, 10))
+        cfg = TrainConfig(epochs=3, batch_size=32, lr=0.0, weight_decay=0, best_tie=tie, keep_checkpoints=["best"])
+        state = fit(Vanilla(net), *loaders(), cfg, run_dir=tmp_path / tie, log=lambda *_: None)
+        assert len({h["test_top1"] for h in state["history"]}) == 1
+        results[tie] = state["best_epoch"]
+        assert torch.load(tmp_path / tie / "student-main-best.pt", weights_only=True)["epoch"] == state["best_epoch"]
+    assert results == {"first": 1, "last": 3}

@@ -161,3 +161,27 @@ def test_a_listed_pair_already_trained_as_an_upstream_run_is_not_trained_again(s
     assert out.count("takd/smoke resnet20 seed 0:") == 1  # trained once, as the upstream run
     summary = json.loads(out[out.rindex("[\n"):])
     assert [r["pair"] for r in summary] == ["resnet20-resnet14", "resnet20"]
+
+
+def test_digest_ignores_options_left_at_their_default_and_sees_every_change():
+    """A completed upstream run or cached teacher stays valid when kdbench gains an option whose default
+    keeps the old behaviour; any setting that differs from the default changes the digest."""
+    import dataclasses
+    cfg = resolve("tfkd", get_paper("tfkd").spec, "smoke", "self-shufflenetv2", 0)
+    spelled_out = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=False, eval_every=1))
+    assert spelled_out.digest() == cfg.digest()
+    for changed in (dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, best_tie="first")),
+                    dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, warmup_unit="epoch")),
+                    dataclasses.replace(cfg, seed=1)):
+        assert changed.digest() != cfg.digest()
+    upstream = cfg.teacher_from.config  # nested configs count too
+    deeper = dataclasses.replace(cfg, teacher_from=dataclasses.replace(
+        cfg.teacher_from, config=dataclasses.replace(upstream, train=dataclasses.replace(upstream.train, lr=0.01))))
+    assert deeper.digest() != cfg.digest()
+
+
+@pytest.mark.parametrize("key, value", [("warmup_unit", "iteration"), ("best_tie", "middle")])
+def test_schedule_options_are_validated(key, value):
+    from kdbench.config import make_train
+    with pytest.raises(UsageError, match=f"{key}='{value}'; choose from"):
+        make_train("x.train", {"epochs": 1, "batch_size": 8, "lr": 0.1, "weight_decay": 0, key: value})
