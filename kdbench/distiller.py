@@ -40,13 +40,18 @@ class StepContext:
 @dataclass(frozen=True)
 class DataInfo:
     """What a method may know about its training set at construction (e.g. CRD's memory bank
-    needs one slot per sample and the labels to draw negatives). A method receives it by
-    declaring a ``data`` parameter in ``__init__``."""
+    needs one slot per sample and the labels to draw negatives; a mimic-learning method labels new
+    inputs made from the training inputs). A method receives it by declaring a ``data`` parameter
+    in ``__init__``."""
 
     num_samples: int
     num_classes: int
     image_size: int
     train_labels: torch.Tensor  # int64, on the run's device, indexed like ``StepContext.indices``
+    dataset: str | None = None  # the run's dataset name (kdbench.data.DATASETS)
+    # the training inputs as stored, before augmentation and normalisation, indexed like the labels:
+    # uint8 N x C x H x W images on the device, or float64 N x F raw attributes (tabular, on the CPU)
+    train_inputs: torch.Tensor | None = None
 
 
 class Distiller(nn.Module):

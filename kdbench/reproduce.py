@@ -175,8 +175,9 @@ def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool 
     if "init" in weights:
         student.load_state_dict(weights["init"][0], strict=True)
     student = student.to(device, memory_format=memory_format)
-    data = DataInfo(num_samples=train_loader.num_samples, num_classes=num_classes,
-                    image_size=image_size, train_labels=train_loader.labels)
+    data = DataInfo(num_samples=train_loader.num_samples, num_classes=num_classes, image_size=image_size,
+                    train_labels=train_loader.labels, dataset=cfg.dataset,
+                    train_inputs=getattr(train_loader, "raw_inputs", None))
     distiller = build_distiller(paper, cfg, student, teacher, data=data).to(device)
     if distributed.active() and not getattr(distiller, "supports_data_parallel", True):
         raise UsageError(f"{cfg.paper} keeps per-sample state across steps and cannot run on several processes")

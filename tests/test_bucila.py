@@ -252,7 +252,8 @@ def test_squared_error_by_hand():
 
 # ------------------------------------------------------------------------------------ method
 def _data(loader) -> DataInfo:
-    return DataInfo(num_samples=loader.num_samples, num_classes=2, image_size=1, train_labels=loader.labels)
+    return DataInfo(num_samples=loader.num_samples, num_classes=2, image_size=1, train_labels=loader.labels,
+                    dataset="breast-cancer", train_inputs=loader.raw_inputs)
 
 
 def test_method_builds_the_transfer_set_and_steps():
@@ -296,8 +297,9 @@ def test_real_only_student_and_misuse():
         MUNGECompression(student, None, data=_data(train), transfer="random")
     with pytest.raises(UsageError):
         MUNGECompression(student, create_model("tabular_mlp30_h8"), data=_data(train))
-    with pytest.raises(UsageError):  # the method's dataset is not the run's training set
-        MUNGECompression(student, None, data=DataInfo(10, 2, 1, torch.zeros(10, dtype=torch.long)))
+    with pytest.raises(UsageError, match="tabular dataset"):  # an image run has no attributes to MUNGE
+        MUNGECompression(student, None, data=DataInfo(10, 2, 1, torch.zeros(10, dtype=torch.long),
+                                                      dataset="synthetic-cifar10"))
     with pytest.raises(UsageError):
         MUNGECompression(student, None, data=_data(train), ensemble="svm", n_estimators=5)
 
@@ -339,3 +341,12 @@ def test_smoke_preset_through_the_cli(sandbox):
            (sandbox / "runs/bucila/smoke/munge-tabular_mlp30_h8/seed0/log-main.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in log] == [1, 2, 3, 4, 5] and "loss_mse" in log[0]
     assert log[-1]["loss_mse"] < log[0]["loss_mse"]
+
+
+def test_the_loader_hands_the_method_the_raw_training_attributes():
+    from kdbench.data.tabular import load_tabular, standardise
+    train, test, _ = make_loaders("breast-cancer", batch_size=16, device="cpu", seed=0)
+    x, y = load_tabular("breast-cancer", True)
+    assert train.raw_inputs.dtype == torch.float64 and torch.equal(train.raw_inputs, torch.from_numpy(x))
+    assert torch.allclose(train.features, torch.from_numpy(standardise("breast-cancer", x)).float())
+    assert torch.equal(train.labels, torch.from_numpy(y))

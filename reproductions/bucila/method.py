@@ -17,11 +17,10 @@ nothing of it is needed during training but its predictions:
 With ``transfer: none`` the same net is trained on the real examples alone, with the same loss and
 the one-hot labels as targets (the paper's comparison: the net trained on the original data).
 
-Where the training attributes come from: a method receives a ``DataInfo`` (size, classes, labels),
-which has no attributes, so the method reads the split itself from ``kdbench.data.tabular``
-(``dataset``, which must name the run's dataset) and checks that its labels are exactly the run's
-training labels. Nothing is drawn from the test split but the ensemble's test accuracy, which is
-printed for the log and used nowhere.
+Where the training attributes come from: the run's ``DataInfo`` (``train_inputs``: the training split's
+raw attributes as the loader holds them, ``dataset``: its name, for the loader's standardisation).
+Nothing is drawn from the test split but the ensemble's test accuracy, which is printed for the log
+and used nowhere.
 """
 from __future__ import annotations
 
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kdbench.data.tabular import load_tabular, standardise
+from kdbench.data.tabular import TABULAR, load_tabular, standardise
 from kdbench.distiller import DataInfo, Distiller
 from kdbench.errors import UsageError
 
@@ -64,8 +63,7 @@ class MUNGECompression(Distiller):
     """The student trained on the real training split plus its MUNGE transfer set, all labelled by an
     ensemble trained here (``transfer: munge``), or on the real split alone (``transfer: none``)."""
 
-    def __init__(self, student, teacher=None, data: DataInfo | None = None, dataset: str = "breast-cancer",
-                 transfer: str = "munge", size_multiplier: int = 10, swap_prob: float = 0.5,
+    def __init__(self, student, teacher=None, data: DataInfo | None = None, transfer: str = "munge", size_multiplier: int = 10, swap_prob: float = 0.5,
                  local_variance: float = 10.0, ensemble: str = "random_forest", n_estimators: int = 500,
                  seed: int | None = None):
         if teacher is not None:
@@ -73,14 +71,12 @@ class MUNGECompression(Distiller):
         super().__init__(student, None)
         if transfer not in TRANSFERS:
             raise UsageError(f"unknown transfer {transfer!r}; choose from: {', '.join(TRANSFERS)}")
-        if data is None:
-            raise UsageError("MUNGECompression needs the run's DataInfo")
+        if data is None or data.dataset not in TABULAR or data.train_inputs is None:
+            raise UsageError(f"MUNGECompression needs a tabular dataset ({', '.join(sorted(TABULAR))}) and its "
+                             f"training attributes; got {getattr(data, 'dataset', None)!r}")
         self.transfer, self.num_classes = transfer, data.num_classes
-        x_raw, y = load_tabular(dataset, True)
-        if data.num_samples != len(y) or not torch.equal(data.train_labels.cpu(), torch.from_numpy(y)):
-            raise UsageError(f"method.dataset={dataset!r} is not this run's training set "
-                             f"({len(y)} examples there, {data.num_samples} in the run); "
-                             f"set it to the preset's dataset")
+        dataset = data.dataset
+        x_raw, y = data.train_inputs.cpu().double().numpy(), data.train_labels.cpu().numpy()
         self.num_real = len(y)
         self.summary: dict = {"transfer": transfer, "real_examples": self.num_real}
         if transfer == "none":
