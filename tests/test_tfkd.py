@@ -218,14 +218,14 @@ def test_lr_schedule_epoch_by_epoch_against_the_official_schedulers(pair, kd):
     train = resolve("tfkd", get_paper("tfkd").spec, "paper", pair, 0).train
     official = official_lrs(train.lr, kd)
     assert len(official) == train.epochs == 200
-    for epoch in range(2, 201):  # 1-based; constant within each epoch
-        assert official[epoch - 1] == pytest.approx([train.lr_at(epoch)] * 4, rel=1e-12), epoch
+    assert train.warmup_epochs == 1 and train.warmup_unit == "step"
+    for epoch in range(1, 201):  # 1-based, iteration by iteration (the warm-up's 1e-8 aside)
+        ours = [train.lr_at(epoch, i, 4) for i in range(4)]
+        assert official[epoch - 1] == pytest.approx(ours, rel=1e-8), epoch
+    # epoch 1 goes lr/N, 2 lr/N, ..., lr; the schedule after it is the `epoch > milestone` rule
+    assert official[0] == pytest.approx([train.lr * i / 4 for i in range(1, 5)], rel=1e-6)
     assert train.lr_at(60) == pytest.approx(train.lr) and train.lr_at(61) == pytest.approx(0.2 * train.lr)
     assert train.lr_at(161) == pytest.approx(0.008 * train.lr) and train.lr_at(200) == pytest.approx(0.008 * train.lr)
-    # epoch 1: the official per-iteration warm-up goes lr/N, 2 lr/N, ..., lr; kdbench's lr is per epoch and
-    # runs epoch 1 at lr (the documented deviation: kdbench has no per-iteration warm-up)
-    assert official[0] == pytest.approx([train.lr * i / 4 for i in range(1, 5)], rel=1e-6)
-    assert train.lr_at(1) == pytest.approx(official[0][-1], rel=1e-6)
 
 
 def test_installed_torch_multisteplr_gives_the_same_schedule():
