@@ -1,8 +1,10 @@
 """One run over several processes (gloo on CPU): sharded epochs, averaged gradients, one record."""
+import hashlib
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -66,3 +68,23 @@ def test_torchrun_two_processes_write_one_record(sandbox):
     record = json.loads(records[0].read_text())
     assert record["world_size"] == 2 and record["config"]["train"]["batch_size"] == 64
     assert done.stdout.count("best top1") == 1  # only process 0 reports
+
+
+def test_torchrun_trains_a_chain_once_and_every_stage_writes_one_record(sandbox):
+    """TAKD's smoke chain (teacher -> assistant -> student) on two processes: every upstream stage is
+    trained once, by both processes together, and written by process 0 only; the downstream runs
+    wait for the weights (a barrier) and name the exact file they used."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519",
+           "-m", "kdbench", "reproduce", "takd", "--preset", "smoke", "--latency-iters", "2",
+           "--set", "train.epochs=1", "--set", "data_subset.train_per_class=3", "--set", "data_subset.test_per_class=2"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    records = {p.parent.name: json.loads(p.read_text()) for p in (sandbox / "results").rglob("seed0.json")}
+    assert set(records) == {"resnet20", "resnet20-resnet14", "resnet20-resnet14-resnet8"}
+    assert all(r["world_size"] == 2 for r in records.values())
+    assert done.stdout.count("has no completed run of this config: training it") == 2  # process 0 only
+    student = records["resnet20-resnet14-resnet8"]
+    teacher_file = student["teacher_info"]["path"]
+    assert teacher_file.endswith("student-main-best.pt") and "resnet20-resnet14" in teacher_file
+    assert student["teacher_info"]["sha256"] == hashlib.sha256(Path(teacher_file).read_bytes()).hexdigest()
