@@ -1,5 +1,5 @@
 """The training loop: SGD on the config's schedule, per-epoch eval, JSONL log,
-an atomic checkpoint every epoch and exact resume."""
+an atomic checkpoint every epoch and exact resume (:mod:`kdbench.resume`)."""
 from __future__ import annotations
 
 import json
@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint, distributed
+from . import resume as resuming
 from .config import TrainConfig, checkpoint_name
 from .distiller import Distiller, StepContext
 from .evaluate import accuracy, autocast
@@ -59,8 +60,10 @@ def train_step(distiller: Distiller, optimizer, images, labels, ctx: StepContext
 
 
 def fit(distiller: Distiller, train_loader, test_loader, cfg: TrainConfig, *, run_dir: Path,
-        stage: str = "main", resume: bool = False, progress: bool | None = None, log=None) -> dict:
-    """Train ``distiller`` for ``cfg.epochs`` epochs; return the stage summary."""
+        stage: str = "main", resume: bool = False, progress: bool | None = None, log=None,
+        identity: str | None = None) -> dict:
+    """Train ``distiller`` for ``cfg.epochs`` epochs; return the stage summary. ``identity`` (the config's
+    digest) is stored in the checkpoint; ``resume`` continues only from a checkpoint of the same one."""
     log = log or (lambda msg: print(msg, flush=True))
     main = distributed.is_main()  # under torchrun only process 0 writes
     device = next(distiller.student.parameters()).device
@@ -72,16 +75,13 @@ def fit(distiller: Distiller, train_loader, test_loader, cfg: TrainConfig, *, ru
     ckpt_path, log_path = Path(run_dir) / f"checkpoint-{stage}.pt", Path(run_dir) / f"log-{stage}.jsonl"
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     state = {"epoch": 0, "best_top1": -1.0, "best_epoch": 0, "history": []}
-    if resume and ckpt_path.exists():
-        saved = checkpoint.load(ckpt_path, map_location=device)
-        missing, unexpected = distiller.load_state_dict(saved["model"], strict=False)
-        if unexpected or any(not k.startswith("teacher.") for k in missing):
-            raise RuntimeError(f"checkpoint {ckpt_path} does not match this run: {missing or unexpected}")
-        optimizer.load_state_dict(saved["optimizer"])
-        state = saved["trainer"]
+    saved = resuming.load(ckpt_path, identity, device, log) if resume else None
+    if saved is not None:  # weights, optimizer, random generators as at the end of the saved epoch
+        state = resuming.restore(saved, distiller, optimizer, ckpt_path)
         log(f"resumed {stage} from epoch {state['epoch']}")
-    elif log_path.exists() and main:
-        log_path.unlink()  # a fresh run starts a fresh log
+    if main:
+        checkpoint.discard_partial(run_dir)
+        resuming.start_log(log_path, state["history"])
     distributed.broadcast_parameters(params)  # the same start on every process (no-op in one process)
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
         lr = cfg.lr_at(epoch)
@@ -117,14 +117,13 @@ def fit(distiller: Distiller, train_loader, test_loader, cfg: TrainConfig, *, ru
         state["history"].append(record)
         if not main:
             continue
-        with open(log_path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-        checkpoint.atomic_save({"model": _state(distiller), "optimizer": optimizer.state_dict(),
-                                "trainer": state}, ckpt_path)
         keep = [k for k in cfg.keep_checkpoints if k == epoch or (k == "best" and state["best_epoch"] == epoch)]
-        for k in keep:  # weights another run of the recipe builds on (see config.UpstreamRun)
+        for k in keep:  # weights another run builds on (config.UpstreamRun); before the checkpoint: a kill redoes them
             checkpoint.atomic_save({"model": distiller.student.state_dict(), "epoch": epoch,
                                     "top1": record.get("test_top1")}, kept_path(run_dir, stage, k))
+        with open(log_path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        checkpoint.atomic_save(resuming.payload(_state(distiller), optimizer, state, distiller, identity), ckpt_path)
         log(f"[{stage}] epoch {epoch}/{cfg.epochs} lr {lr:.4g} "
             + " ".join(f"{k} {record[k]:.4f}" for k in sums)
             + (f" top1 {record['test_top1']:.2f} (best {state['best_top1']:.2f}@{state['best_epoch']})"

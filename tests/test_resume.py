@@ -1,12 +1,24 @@
-"""Kill and resume: the state of every random generator a run draws from survives a checkpoint."""
+"""Kill and resume: a run continues from its last complete epoch as if it had never stopped (weights,
+optimizer, every random generator, a method's buffers), wherever it was killed."""
+import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from test_train import loaders, tiny_net
 from torch import nn
 
 from kdbench import checkpoint, rng
+from kdbench.config import TrainConfig
+from kdbench.distiller import Distiller
+from kdbench.reproduce import seed_everything
+from kdbench.train import fit
+
+CFG = TrainConfig(epochs=3, batch_size=32, lr=0.1, weight_decay=5e-4, milestones=[2], gamma=0.5)
+TIMING = ("train_img_s", "train_time_s")
 
 
 class Owner(nn.Module):
@@ -35,3 +47,173 @@ def test_every_generator_round_trips_through_a_weights_only_checkpoint(tmp_path)
     assert draws(fresh) == expected
     with pytest.raises(RuntimeError, match="generators"):
         rng.restore(checkpoint.load(tmp_path / "c.pt")["rng"], nn.Module())
+
+
+class Noisy(Distiller):
+    """Draws at every step from Python's, NumPy's and torch's global generators and from its own, and
+    has dropout: any generator a resume failed to restore would change the run."""
+
+    def __init__(self, student, teacher=None):
+        super().__init__(nn.Sequential(student, nn.Dropout(0.2)), teacher)
+        self.gen = torch.Generator().manual_seed(5)
+
+    def forward(self, images, labels, ctx):
+        logits = self.student(images)
+        shift = random.random() + float(np.random.rand()) + torch.rand(1, generator=self.gen)
+        return logits, {"loss_ce": F.cross_entropy(logits + 0.1 * torch.randn_like(logits) * shift, labels)}
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL inside the process: nothing after it runs, nothing catches it."""
+
+
+def kill_in_step(distiller: Distiller, epoch: int, step: int, stage: str = "main") -> None:
+    """Make ``distiller`` stop the process at the start of ``step`` of ``epoch`` (1-based) of ``stage``."""
+    seen = {}
+
+    def hook(module, args):
+        ctx = args[2]
+        key = (ctx.stage, ctx.epoch)
+        seen[key] = seen.get(key, 0) + 1
+        if (ctx.stage, ctx.epoch, seen[key]) == (stage, epoch, step):
+            raise Killed
+    distiller.register_forward_pre_hook(hook)
+
+
+def scramble() -> None:
+    """A new process: other states of every global generator."""
+    random.seed(123), np.random.seed(123), torch.manual_seed(123)
+
+
+def train(make, run_dir, resume=False, kill=None, loader_fn=loaders, cfg=CFG):
+    """fit a fresh ``make()`` seeded as kdbench.reproduce.run_one seeds a run; ``kill``: (epoch, step) at which
+    the process dies. -> (distiller, state or None if killed)"""
+    seed_everything(0)
+    distiller = make()
+    if kill:
+        kill_in_step(distiller, *kill)
+    try:
+        return distiller, fit(distiller, *loader_fn(), cfg, run_dir=run_dir, resume=resume, log=lambda *_: None)
+    except Killed:
+        return distiller, None
+
+
+def identical(a, b) -> bool:
+    """Equal nested dicts / lists of tensors and numbers, tensors bit for bit."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(identical(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(identical(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def assert_same_run(a: tuple, b: tuple, run_dir_a: Path, run_dir_b: Path) -> None:
+    (da, sa), (db, sb) = a, b
+    for (k, v1), (k2, v2) in zip(da.state_dict().items(), db.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(v1, v2), k
+    strip = [{k: v for k, v in h.items() if k not in TIMING} for h in sa["history"]], \
+            [{k: v for k, v in h.items() if k not in TIMING} for h in sb["history"]]
+    assert strip[0] == strip[1] and sa["best_top1"] == sb["best_top1"]
+    ca, cb = checkpoint.load(run_dir_a / "checkpoint-main.pt"), checkpoint.load(run_dir_b / "checkpoint-main.pt")
+    assert identical(ca["model"], cb["model"]) and identical(ca["optimizer"], cb["optimizer"])
+    logged = [json.loads(line)["epoch"] for line in (run_dir_b / "log-main.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3]  # each epoch once, whatever the kill interrupted
+
+
+@pytest.mark.parametrize("kill", [(1, 2), (2, 2), (3, 3)], ids=["before-first-checkpoint", "mid-epoch-2", "last-epoch"])
+def test_killed_mid_epoch_resumes_bit_for_bit(tmp_path, kill, one_thread_module):
+    reference = train(lambda: Noisy(tiny_net()), tmp_path / "ref")
+    _, state = train(lambda: Noisy(tiny_net()), tmp_path / "run", kill=kill)
+    assert state is None
+    scramble()
+    resumed = train(lambda: Noisy(tiny_net()), tmp_path / "run", resume=True)
+    assert_same_run(reference, resumed, tmp_path / "ref", tmp_path / "run")
+
+
+def test_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(tmp_path, monkeypatch, one_thread_module):
+    reference = train(lambda: Noisy(tiny_net()), tmp_path / "ref")
+    real = checkpoint.atomic_save
+
+    def dies_writing_epoch_2(obj, path):
+        if Path(path).name == "checkpoint-main.pt" and obj["trainer"]["epoch"] == 2:
+            Path(path).with_name(".checkpoint-main.pt.x1y2.tmp").write_bytes(b"PK\x03\x04 half a zip")
+            raise Killed  # the epoch's log line is written, its checkpoint is not
+        real(obj, path)
+    monkeypatch.setattr(checkpoint, "atomic_save", dies_writing_epoch_2)
+    assert train(lambda: Noisy(tiny_net()), tmp_path / "run")[1] is None
+    monkeypatch.setattr(checkpoint, "atomic_save", real)
+    assert checkpoint.load(tmp_path / "run" / "checkpoint-main.pt")["trainer"]["epoch"] == 1
+    assert len((tmp_path / "run" / "log-main.jsonl").read_text().splitlines()) == 2
+    scramble()
+    resumed = train(lambda: Noisy(tiny_net()), tmp_path / "run", resume=True)
+    assert_same_run(reference, resumed, tmp_path / "ref", tmp_path / "run")
+    assert not list((tmp_path / "run").glob(".*.tmp"))  # what the kill left is cleaned up
+
+
+def test_the_check_would_catch_a_resume_without_the_generators(tmp_path, one_thread_module):
+    """The comparison above is sharp: resuming the same checkpoint without its generator states differs."""
+    reference = train(lambda: Noisy(tiny_net()), tmp_path / "ref")
+    train(lambda: Noisy(tiny_net()), tmp_path / "run", kill=(2, 2))
+    saved = checkpoint.load(tmp_path / "run" / "checkpoint-main.pt")
+    del saved["rng"]
+    checkpoint.atomic_save(saved, tmp_path / "run" / "checkpoint-main.pt")
+    scramble()
+    resumed, _ = train(lambda: Noisy(tiny_net()), tmp_path / "run", resume=True)
+    assert not all(torch.equal(a, b) for a, b in zip(reference[0].state_dict().values(), resumed.state_dict().values()))
+
+
+def staged(run_dir, resume=False, kill=None):
+    """An ``init`` stage of 2 epochs, then the main one (as run_one runs a recipe's ``stages``)."""
+    seed_everything(0)
+    distiller = Noisy(tiny_net())
+    if kill:
+        kill_in_step(distiller, *kill)
+    try:
+        fit(distiller, *loaders(), TrainConfig(**{**CFG.__dict__, "epochs": 2}), run_dir=run_dir, stage="init",
+            resume=resume, log=lambda *_: None)
+        return distiller, fit(distiller, *loaders(), CFG, run_dir=run_dir, resume=resume, log=lambda *_: None)
+    except Killed:
+        return distiller, None
+
+
+@pytest.mark.parametrize("kill", [(2, 1, "init"), (1, 2, "main")], ids=["in-the-init-stage", "before-main-checkpoint"])
+def test_a_multi_stage_run_resumes_in_either_stage(tmp_path, kill, one_thread_module):
+    """Killed in main's first epoch, the generators come from the end of the init stage's checkpoint."""
+    reference = staged(tmp_path / "ref")
+    assert staged(tmp_path / "run", kill=kill)[1] is None
+    scramble()
+    assert_same_run(reference, staged(tmp_path / "run", resume=True), tmp_path / "ref", tmp_path / "run")
+
+
+def test_crd_memory_bank_and_negative_sampling_resume_exactly(tmp_path, one_thread_module):
+    """CRD keeps per-sample memory banks (buffers) and draws its negatives with torch.rand at every step."""
+    from kdbench.distiller import DataInfo
+    from kdbench.models import create_model
+    from reproductions.crd.method import CRD
+
+    def make():
+        labels = loaders()[0].labels
+        data = DataInfo(num_samples=96, num_classes=10, image_size=32, train_labels=labels)
+        return CRD(create_model("resnet8", num_classes=10), create_model("resnet8", num_classes=10), data, nce_k=16)
+    cfg = TrainConfig(**{**CFG.__dict__, "epochs": 2})
+    reference = train(make, tmp_path / "ref", cfg=cfg)
+    train(make, tmp_path / "run", kill=(2, 2), cfg=cfg)
+    saved = checkpoint.load(tmp_path / "run" / "checkpoint-main.pt")
+    assert {"memory.memory_v1", "memory.memory_v2", "memory.z"} <= set(saved["model"])
+    scramble()
+    resumed = train(make, tmp_path / "run", resume=True, cfg=cfg)
+    for (k, a), b in zip(reference[0].state_dict().items(), resumed[0].state_dict().values()):
+        assert torch.equal(a, b), k
+    assert reference[1]["history"][-1]["loss_crd"] == resumed[1]["history"][-1]["loss_crd"]
+
+
+def test_a_checkpoint_of_another_config_is_not_resumed(tmp_path, one_thread_module):
+    logs = []
+    torch.manual_seed(0)
+    fit(Noisy(tiny_net()), *loaders(), CFG, run_dir=tmp_path, log=lambda *_: None, identity="aaaa")
+    state = fit(Noisy(tiny_net()), *loaders(), CFG, run_dir=tmp_path, resume=True, log=logs.append, identity="bbbb")
+    assert "of another config (digest aaaa, this run bbbb): starting afresh" in logs[0]
+    assert [h["epoch"] for h in state["history"]] == [1, 2, 3]
+    assert checkpoint.load(tmp_path / "checkpoint-main.pt")["identity"] == "bbbb"
