@@ -82,6 +82,7 @@ def fit(distiller: Distiller, train_loader, test_loader, cfg: TrainConfig, *, ru
     if main:
         checkpoint.discard_partial(run_dir)
         resuming.start_log(log_path, state["history"])
+    resuming.restore_cache(distiller, run_dir, stage, state["epoch"])
     distributed.broadcast_parameters(params)  # the same start on every process (no-op in one process)
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
         lr = cfg.lr_at(epoch)
@@ -115,6 +116,7 @@ def fit(distiller: Distiller, train_loader, test_loader, cfg: TrainConfig, *, ru
                 state.update(best_top1=test["top1"], best_epoch=epoch, best_top5=test["top5"])
         state["epoch"] = epoch
         state["history"].append(record)
+        resuming.save_cache(distiller, run_dir, stage, epoch)  # every process its own entries
         if not main:
             continue
         keep = [k for k in cfg.keep_checkpoints if k == epoch or (k == "best" and state["best_epoch"] == epoch)]

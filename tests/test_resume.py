@@ -1,5 +1,5 @@
 """Kill and resume: a run continues from its last complete epoch as if it had never stopped (weights,
-optimizer, every random generator, a method's buffers), wherever it was killed."""
+optimizer, every random generator, the teacher-logit cache, a method's buffers), wherever it was killed."""
 import json
 import random
 from pathlib import Path
@@ -8,14 +8,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_train import loaders, tiny_net
+from test_train import MEAN, STD, loaders, tiny_net
 from torch import nn
 
 from kdbench import checkpoint, rng
 from kdbench.config import TrainConfig
+from kdbench.data.loader import DeviceLoader
 from kdbench.distiller import Distiller
 from kdbench.reproduce import seed_everything
+from kdbench.teacher_cache import TeacherLogitCache
 from kdbench.train import fit
+from reproductions.kd.method import KD
 
 CFG = TrainConfig(epochs=3, batch_size=32, lr=0.1, weight_decay=5e-4, milestones=[2], gamma=0.5)
 TIMING = ("train_img_s", "train_time_s")
@@ -185,6 +188,43 @@ def test_a_multi_stage_run_resumes_in_either_stage(tmp_path, kill, one_thread_mo
     assert staged(tmp_path / "run", kill=kill)[1] is None
     scramble()
     assert_same_run(reference, staged(tmp_path / "run", resume=True), tmp_path / "ref", tmp_path / "run")
+
+
+def cache_loaders():
+    """100 samples in batches of 32 (a short last batch), 18 views each: sub-batches of cache misses."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (100, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (100,), generator=g)
+    kw = {"batch_size": 32, "device": torch.device("cpu"), "mean": MEAN, "std": STD}
+    return DeviceLoader(x, y, train=True, seed=0, padding=1, **kw), DeviceLoader(x[:32], y[:32], train=False, **kw)
+
+
+def with_cache():
+    d = KD(tiny_net(), tiny_net())
+    d.logit_cache = TeacherLogitCache(100, 18, 10, "cpu")
+    return d
+
+
+def test_the_teacher_logit_cache_is_resumed_with_the_run(tmp_path, one_thread_module):
+    """A resumed run reads back the logits it had cached instead of recomputing them in other batches
+    (which equals them only up to reduction order), and keeps counting hits and misses from there."""
+    reference = train(with_cache, tmp_path / "ref", loader_fn=cache_loaders)
+    train(with_cache, tmp_path / "run", kill=(3, 2), loader_fn=cache_loaders)
+    assert sorted(p.name for p in (tmp_path / "run").glob("teacher-cache-*")) == [
+        "teacher-cache-main-r0-e1.pt", "teacher-cache-main-r0-e2.pt"]
+    scramble()
+    resumed = train(with_cache, tmp_path / "run", resume=True, loader_fn=cache_loaders)
+    assert_same_run(reference, resumed, tmp_path / "ref", tmp_path / "run")
+    assert resumed[0].logit_cache.summary() == reference[0].logit_cache.summary()
+    assert torch.equal(resumed[0].logit_cache.filled, reference[0].logit_cache.filled)
+    filled = reference[0].logit_cache.filled
+    assert torch.equal(resumed[0].logit_cache.logits[filled], reference[0].logit_cache.logits[filled])
+    # without the saved entries the resumed run would refill the cache: other misses (and other logits)
+    train(with_cache, tmp_path / "bare", kill=(3, 2), loader_fn=cache_loaders)
+    for path in (tmp_path / "bare").glob("teacher-cache-*"):
+        path.unlink()
+    bare, _ = train(with_cache, tmp_path / "bare", resume=True, loader_fn=cache_loaders)
+    assert bare.logit_cache.misses > reference[0].logit_cache.misses
 
 
 def test_crd_memory_bank_and_negative_sampling_resume_exactly(tmp_path, one_thread_module):
