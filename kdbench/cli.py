@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import Unavailable, UsageError
+from .errors import TrainingFailed, Unavailable, UsageError
 
 
 def _list(args) -> int:
@@ -234,6 +234,9 @@ def main(argv=None) -> int:
         print(f"kdbench: error: {exc}", file=sys.stderr)
         return 2
     except Unavailable as exc:  # a dataset or teacher that is missing and cannot be downloaded
+        print(f"kdbench: error: {exc}", file=sys.stderr)
+        return 1
+    except TrainingFailed as exc:  # a non-finite loss or weight (kdbench.guard): no record was written
         print(f"kdbench: error: {exc}", file=sys.stderr)
         return 1
 

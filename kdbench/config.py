@@ -35,6 +35,8 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | bf16 | off
     channels_last: str = "auto"  # auto (on CUDA) | on | off
     eval_every: int = 1
+    nonfinite: str = "stop"  # stop | skip: a NaN/inf loss stops the run, or its step is skipped (kdbench.guard)
+    max_skipped_steps: int = 10  # skip: more skipped steps than this, in a row or in the run, stop it
     momentum_reset: bool = False  # clear SGD momentum when the lr decays (code that rebuilds its optimizer)
     teacher_cache: str = "auto"  # auto | on | off: exact per-view teacher-logit cache (kdbench.teacher_cache)
     compile: bool = False  # torch.compile the student and teacher (opt-in: measured in kdbench bench --compile)
@@ -152,6 +154,10 @@ def make_train(where: str, raw: dict) -> TrainConfig:
         raise UsageError(f"malformed config: {where}.amp={cfg.amp!r}; choose from: {', '.join(sorted(AMP_CHOICES))}")
     if cfg.teacher_cache not in {"auto", "on", "off"}:
         raise UsageError(f"malformed config: {where}.teacher_cache={cfg.teacher_cache!r}; choose from: auto, off, on")
+    if cfg.nonfinite not in {"stop", "skip"}:
+        raise UsageError(f"malformed config: {where}.nonfinite={cfg.nonfinite!r}; choose from: skip, stop")
+    if isinstance(cfg.max_skipped_steps, bool) or not isinstance(cfg.max_skipped_steps, int) or cfg.max_skipped_steps < 0:
+        raise UsageError(f"malformed config: {where}.max_skipped_steps must be a non-negative integer")
     if cfg.channels_last not in {"auto", "on", "off"}:
         raise UsageError(f"malformed config: {where}.channels_last={cfg.channels_last!r}; choose from: auto, off, on")
     for name in ("epochs", "batch_size"):

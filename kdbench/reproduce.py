@@ -182,9 +182,10 @@ def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool 
         raise UsageError(f"{cfg.paper} keeps per-sample state across steps and cannot run on several processes")
     cache_info = setup_teacher_cache(distiller, cfg, train_loader, num_classes, device, amp)
     log(f"teacher-logit cache: {'on' if cache_info['enabled'] else 'off'} ({cache_info['reason']})")
+    skipped = 0  # steps skipped for a non-finite loss (train.nonfinite: skip), every stage
     for stage in cfg.stages:
-        fit(distiller, train_loader, test_loader, stage.train, run_dir=run_dir, stage=stage.name,
-            resume=resume, log=log)
+        skipped += fit(distiller, train_loader, test_loader, stage.train, run_dir=run_dir, stage=stage.name,
+                       resume=resume, log=log).get("skipped_steps", 0)
     state = fit(distiller, train_loader, test_loader, cfg.train, run_dir=run_dir, resume=resume, log=log)
     history = state["history"]
     last = next(h for h in reversed(history) if "test_top1" in h)
@@ -204,6 +205,7 @@ def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool 
         "precision": "bf16" if amp else "fp32",
         "teacher_cache": {**cache_info, **(distiller.logit_cache.summary() if distiller.logit_cache else {})},
         "channels_last": channels_last, "config": cfg.to_dict(),
+        "skipped_steps": skipped + state.get("skipped_steps", 0),
         "train_img_s": sum(h["train_img_s"] for h in history) / len(history),
         "wall_time_s": time.time() - start, "run_dir": str(run_dir), **results.environment(),
     }

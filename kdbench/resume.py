@@ -8,8 +8,8 @@ everything the next epoch depends on besides the code and the config:
 * the optimizer's state (SGD momentum). The learning rate is a function of the epoch
   (:meth:`kdbench.config.TrainConfig.lr_at`), so there is no scheduler state; there is no AMP loss scaler
   (bf16 autocast needs none);
-* the trainer's state (epoch, best top-1, the history of epoch records) and the teacher-logit cache's
-  hit and miss counts;
+* the trainer's state (epoch, best top-1, the history of epoch records, skipped-step counts) and the
+  teacher-logit cache's hit and miss counts;
 * the state of every random generator (:mod:`kdbench.rng`); the data order and augmentation come from
   (seed, epoch) and need nothing;
 * ``identity``: the digest of the run's config. A checkpoint of another config (or one written before

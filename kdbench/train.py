@@ -1,5 +1,6 @@
 """The training loop: SGD on the config's schedule, per-epoch eval, JSONL log,
-an atomic checkpoint every epoch and exact resume (:mod:`kdbench.resume`)."""
+an atomic checkpoint every epoch and exact resume (:mod:`kdbench.resume`), no NaN let through
+(:mod:`kdbench.guard`)."""
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ from . import resume as resuming
 from .config import TrainConfig, checkpoint_name
 from .distiller import Distiller, StepContext
 from .evaluate import accuracy, autocast
+from .guard import NonFiniteGuard
 
 
 def resolve_precision(cfg: TrainConfig, device: torch.device) -> tuple[bool, bool]:
@@ -48,13 +50,18 @@ def _state(distiller: Distiller) -> dict:
     return {k: v for k, v in distiller.state_dict().items() if not k.startswith("teacher.")}
 
 
-def train_step(distiller: Distiller, optimizer, images, labels, ctx: StepContext, amp: bool) -> dict:
-    """One optimisation step on the sum of the method's named loss terms; returns the terms."""
+def train_step(distiller: Distiller, optimizer, images, labels, ctx: StepContext, amp: bool,
+               guard: NonFiniteGuard | None = None) -> dict:
+    """One optimisation step on the sum of the method's named loss terms; returns the terms ({} if
+    ``guard`` skipped the step)."""
     with autocast(images.device, amp):
         _, losses = distiller(images, labels, ctx)
     optimizer.zero_grad(set_to_none=True)
-    sum(losses.values()).backward()
+    total = sum(losses.values())
+    total.backward()
     distributed.average_gradients(p for group in optimizer.param_groups for p in group["params"])
+    if guard is not None and not guard.allow(total, losses):
+        return {}
     optimizer.step()
     return losses
 
@@ -83,6 +90,7 @@ def fit(distiller: Distiller, train_loader, test_loader, cfg: TrainConfig, *, ru
         checkpoint.discard_partial(run_dir)
         resuming.start_log(log_path, state["history"])
     resuming.restore_cache(distiller, run_dir, stage, state["epoch"])
+    guard = NonFiniteGuard(cfg.nonfinite, cfg.max_skipped_steps, stage, ckpt_path, state)
     distributed.broadcast_parameters(params)  # the same start on every process (no-op in one process)
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
         lr = cfg.lr_at(epoch)
@@ -93,21 +101,23 @@ def fit(distiller: Distiller, train_loader, test_loader, cfg: TrainConfig, *, ru
         distiller.train()
         train_loader.set_epoch(epoch)
         sums: dict[str, torch.Tensor] = {}
-        seen, start = 0, time.perf_counter()
+        seen, counted, start = 0, 0, time.perf_counter()
+        guard.begin(epoch)
         bar = tqdm(train_loader.batches(), total=len(train_loader), desc=f"{stage} {epoch}/{cfg.epochs}", unit="batch",
                    leave=False, disable=not (sys.stderr.isatty() if progress is None else progress))
         for images, labels, indices, views in bar:
             ctx = StepContext(epoch=epoch, epochs=cfg.epochs, stage=stage, indices=indices, views=views)
-            losses = train_step(distiller, optimizer, images, labels, ctx, amp)
+            losses = train_step(distiller, optimizer, images, labels, ctx, amp, guard)
             for name, value in losses.items():  # stays on the device: no sync per step
                 sums[name] = sums.get(name, 0.0) + value.detach().float() * labels.shape[0]
-            seen += labels.shape[0]
+            seen, counted = seen + labels.shape[0], counted + (labels.shape[0] if losses else 0)
             bar.set_postfix(img_s=f"{seen / (time.perf_counter() - start):.0f}", refresh=False)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_time = time.perf_counter() - start
         record = {"epoch": epoch, "stage": stage, "lr": lr, "train_img_s": seen / train_time,
-                  "train_time_s": train_time, **{k: (v / seen).item() for k, v in sums.items()}}
+                  "train_time_s": train_time, **{k: (v / counted).item() for k, v in sums.items()}}
+        guard.end(distiller, record, state)  # raises on a non-finite loss or weight: nothing of it is saved
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             distributed.broadcast_buffers(distiller.student)
             test = accuracy(distiller.student, test_loader, amp=amp)
