@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from . import distributed, results, teachers, upstream
+from . import resume as resuming
 from .config import RunConfig, TrainConfig, resolve
 from .data import DATASETS, make_loaders
 from .distiller import DataInfo, Vanilla, add_kd
@@ -152,7 +153,8 @@ def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool 
         t_train, t_test, _ = loaders_for(cfg, train_cfg, device, channels_last, seed=0, teacher=True)
         seed_everything(0)
         model = create_model(arch, num_classes=num_classes).to(device, memory_format=memory_format)
-        state = fit(Vanilla(model), t_train, t_test, train_cfg, run_dir=out_dir, log=log)
+        state = fit(Vanilla(model), t_train, t_test, train_cfg, run_dir=out_dir, log=log, resume=resume,
+                    identity=out_dir.name)  # the folder is named by the hash of the teacher's recipe
         return model, {"best_top1": state["best_top1"], "last_top1": state["history"][-1]["test_top1"]}
 
     train_loader, test_loader, _ = loaders_for(cfg, cfg.train, device, channels_last)  # data first: fail early
@@ -185,8 +187,9 @@ def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool 
     skipped = 0  # steps skipped for a non-finite loss (train.nonfinite: skip), every stage
     for stage in cfg.stages:
         skipped += fit(distiller, train_loader, test_loader, stage.train, run_dir=run_dir, stage=stage.name,
-                       resume=resume, log=log).get("skipped_steps", 0)
-    state = fit(distiller, train_loader, test_loader, cfg.train, run_dir=run_dir, resume=resume, log=log)
+                       resume=resume, log=log, identity=cfg.digest()).get("skipped_steps", 0)
+    state = fit(distiller, train_loader, test_loader, cfg.train, run_dir=run_dir, resume=resume, log=log,
+                identity=cfg.digest())
     history = state["history"]
     last = next(h for h in reversed(history) if "test_top1" in h)
     prof = profile(student, image_size=image_size, amp=amp, channels_last=channels_last,
@@ -214,6 +217,7 @@ def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool 
         return record
     path = results.write(record, results_dir)
     upstream.mark_complete(run_dir, cfg, record, path)
+    resuming.discard_cache(run_dir)
     log(f"{cfg.paper}/{cfg.preset} {cfg.pair} seed {cfg.seed}: best top1 {record['best_top1']:.2f} "
         f"(epoch {record['best_epoch']}), last {record['last_top1']:.2f} -> {path}")
     return record

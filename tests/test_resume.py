@@ -1,7 +1,12 @@
 """Kill and resume: a run continues from its last complete epoch as if it had never stopped (weights,
 optimizer, every random generator, the teacher-logit cache, a method's buffers), wherever it was killed."""
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +25,7 @@ from kdbench.teacher_cache import TeacherLogitCache
 from kdbench.train import fit
 from reproductions.kd.method import KD
 
+ROOT = Path(__file__).resolve().parents[1]  # the checkout these tests belong to
 CFG = TrainConfig(epochs=3, batch_size=32, lr=0.1, weight_decay=5e-4, milestones=[2], gamma=0.5)
 TIMING = ("train_img_s", "train_time_s")
 
@@ -190,6 +196,42 @@ def test_a_multi_stage_run_resumes_in_either_stage(tmp_path, kill, one_thread_mo
     assert_same_run(reference, staged(tmp_path / "run", resume=True), tmp_path / "ref", tmp_path / "run")
 
 
+def test_a_run_killed_in_its_upstream_run_resumes_the_chain(sandbox, monkeypatch, one_thread_module):
+    """``teacher_from``: the upstream run (base) is killed writing its second checkpoint; --resume continues
+    it from its first, then trains the downstream run (assistant) as an uninterrupted chain would."""
+    from test_upstream import chain_paper, run
+
+    from kdbench.reproduce import run_dir_of
+    real = checkpoint.atomic_save
+
+    def killed_in_base(obj, path):
+        if "/base/" in str(path) and Path(path).name == "checkpoint-main.pt" and obj["trainer"]["epoch"] == 2:
+            raise Killed
+        real(obj, path)
+    monkeypatch.setattr(checkpoint, "atomic_save", killed_in_base)
+    with pytest.raises(Killed):
+        run(chain_paper(), "assistant")
+    monkeypatch.setattr(checkpoint, "atomic_save", real)
+    scramble()
+    resumed = run(chain_paper(), "assistant", resume=True)
+    (cfg,) = plan_of("assistant")
+    got = checkpoint.load(run_dir_of(cfg) / "checkpoint-main.pt")["model"]
+    for var, sub in (("KDBENCH_RUNS", "runs2"), ("KDBENCH_RESULTS", "results2")):
+        monkeypatch.setenv(var, str(sandbox / sub))
+    whole = run(chain_paper(), "assistant")
+    want = checkpoint.load(run_dir_of(cfg) / "checkpoint-main.pt")["model"]
+    assert (resumed["best_top1"], resumed["last_top1"]) == (whole["best_top1"], whole["last_top1"])
+    assert resumed["teacher_info"]["measured_top1"] == whole["teacher_info"]["measured_top1"]
+    assert identical(got, want)
+
+
+def plan_of(pair):
+    from test_upstream import chain_paper
+
+    from kdbench.reproduce import plan
+    return plan(chain_paper(), "smoke", [pair], [0], {})
+
+
 def cache_loaders():
     """100 samples in batches of 32 (a short last batch), 18 views each: sub-batches of cache misses."""
     g = torch.Generator().manual_seed(0)
@@ -257,3 +299,115 @@ def test_a_checkpoint_of_another_config_is_not_resumed(tmp_path, one_thread_modu
     assert "of another config (digest aaaa, this run bbbb): starting afresh" in logs[0]
     assert [h["epoch"] for h in state["history"]] == [1, 2, 3]
     assert checkpoint.load(tmp_path / "checkpoint-main.pt")["identity"] == "bbbb"
+
+
+# --- the CLI killed with SIGKILL ------------------------------------------------------------------------------
+
+PAPER = ["noisy_teachers", "--preset", "smoke", "--set", "train.epochs=3", "--set", "data_subset.train_per_class=20",
+         "--set", "data_subset.test_per_class=10", "--latency-iters", "2"]
+# ``python -m kdbench`` whose os.fsync, once an atomic write of the file $PAUSE_FILE has reached it (the data
+# written to the temporary file, not yet renamed into place), touches $PAUSE_FLAG and waits to be killed
+CHILD = """
+import os, runpy, sys, time
+pause, flag, fsync = os.environ.get("PAUSE_FILE"), os.environ.get("PAUSE_FLAG"), os.fsync
+def paused_fsync(fd):
+    name = os.readlink(f"/proc/self/fd/{fd}")
+    if pause and (os.path.dirname(name) == os.path.dirname(pause)
+                  and os.path.basename(name).startswith("." + os.path.basename(pause) + ".")):
+        open(flag, "w").close()
+        time.sleep(600)
+    fsync(fd)
+os.fsync = paused_fsync
+sys.argv = ["kdbench", *sys.argv[1:]]
+runpy.run_module("kdbench", run_name="__main__")
+"""
+
+
+def kdbench(root: Path, *args, **env) -> subprocess.Popen:
+    full = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "KDBENCH_DATA": str(root / "data"),
+            "KDBENCH_RUNS": str(root / "runs"), "KDBENCH_RESULTS": str(root / "results"), **env}
+    return subprocess.Popen([sys.executable, "-c", CHILD, "reproduce", *PAPER, *args], cwd=ROOT, env=full,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(proc: subprocess.Popen, ready, what: str, timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended before {what}:\n{proc.stdout.read()}")
+        if time.monotonic() > end:
+            proc.kill()
+            raise AssertionError(f"no {what} after {timeout} s")
+        time.sleep(0.002)
+
+
+def kill(proc: subprocess.Popen) -> str:
+    proc.send_signal(signal.SIGKILL)
+    out = proc.communicate()[0]
+    assert proc.returncode == -signal.SIGKILL, out
+    return out
+
+
+@pytest.mark.slow  # about 20 s: six processes, each importing torch
+def test_cli_run_killed_again_and_again_resumes_to_the_uninterrupted_result(tmp_path):
+    pick = random.Random(0)  # the kill delays: random, but the same at every run of the test
+    ref_root, root = tmp_path / "reference", tmp_path / "killed"
+    reference = kdbench(ref_root)  # runs alongside the killed one
+    run = root / "runs/noisy_teachers/smoke/mlp_1200_1200-mlp_800_800/seed0"
+    record = root / "results/noisy_teachers/smoke/mlp_1200_1200-mlp_800_800/seed0.json"
+    teachers = root / "data/teachers/trained"
+    flag = tmp_path / "paused"
+
+    # 1. during the teacher's training, a random moment after its first epoch's checkpoint
+    proc = kdbench(root)
+    wait_for(proc, lambda: any(teachers.glob("*/checkpoint-main.pt")), "teacher checkpoint")
+    time.sleep(pick.uniform(0.0, 0.05))
+    kill(proc)
+    assert not any(teachers.glob("*/ckpt.pth")) and not run.exists()
+    # 2. writing the student's first checkpoint: the run has no checkpoint yet
+    proc = kdbench(root, "--resume", PAUSE_FILE=str(run / "checkpoint-main.pt"), PAUSE_FLAG=str(flag))
+    wait_for(proc, lambda: flag.exists() and any(run.glob(".checkpoint-main.pt.*.tmp")), "checkpoint write")
+    out = kill(proc)
+    assert "resumed main from epoch" in out  # the teacher's training continued from its checkpoint
+    assert not (run / "checkpoint-main.pt").exists() and any(run.glob(".checkpoint-main.pt.*.tmp"))
+    flag.unlink()
+    # 3. a random moment after the student's first complete epoch
+    proc = kdbench(root, "--resume")
+    wait_for(proc, lambda: (run / "checkpoint-main.pt").exists(), "student checkpoint")
+    time.sleep(pick.uniform(0.0, 0.05))
+    out = kill(proc)
+    assert not list(run.glob(".*.tmp"))  # step 2's leftover is gone
+    # 4. after the last epoch, writing the results record
+    proc = kdbench(root, "--resume", PAUSE_FILE=str(record), PAUSE_FLAG=str(flag))
+    wait_for(proc, flag.exists, "results record write")
+    kill(proc)
+    assert not record.exists() and checkpoint.load(run / "checkpoint-main.pt")["trainer"]["epoch"] == 3
+    # 5. the record is written without training again
+    proc = kdbench(root, "--resume")
+    out = proc.communicate()[0]
+    assert proc.returncode == 0, out
+    assert "resumed main from epoch 3" in out and "epoch 1/3" not in out and "epoch 3/3" not in out
+
+    ref_out = reference.communicate()[0]
+    assert reference.returncode == 0, ref_out
+    ref_run = ref_root / "runs" / run.relative_to(root / "runs")
+    got, want = json.loads(record.read_text()), json.loads((ref_root / "results" / record.relative_to(root / "results")).read_text())
+    for key in ("best_top1", "best_epoch", "last_top1", "last_top5", "skipped_steps", "teacher_cache"):
+        assert got[key] == want[key], key
+    assert got["teacher_info"]["sha256"] == want["teacher_info"]["sha256"]  # the resumed teacher: same bytes
+    a, b = checkpoint.load(run / "checkpoint-main.pt"), checkpoint.load(ref_run / "checkpoint-main.pt")
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    strip = lambda h: [{k: v for k, v in r.items() if k not in TIMING} for r in h]
+    assert strip(a["trainer"]["history"]) == strip(b["trainer"]["history"])
+    assert not list(run.glob("teacher-cache-*"))  # recorded: the cache's entries are not kept
+
+    # 6. resuming the finished run trains nothing and writes the same record
+    proc = kdbench(root, "--resume")
+    out = proc.communicate()[0]
+    assert proc.returncode == 0 and "epoch 1/3" not in out, out
+    again = json.loads(record.read_text())
+    for key in ("best_top1", "best_epoch", "last_top1", "last_top5", "skipped_steps", "teacher_cache", "teacher_info",
+                "params", "macs", "config"):
+        assert again[key] == got[key], key
