@@ -4,7 +4,9 @@
   same :func:`kdbench.reproduce.run_one`), so records land in ``results/`` and the leaderboard and
   ``check`` work unchanged.
 * A job whose record already exists (and parses, with the same resolved config) is skipped, so a sweep
-  can be re-submitted after failures or pre-emption until nothing is left.
+  can be re-submitted after failures or pre-emption until nothing is left; with ``--resume`` a run that
+  was interrupted continues from its last epoch checkpoint (exact resume, :mod:`kdbench.resume`) instead
+  of starting again. Locally, a run that stops on a non-finite loss is reported and the others still run.
 * ``--executor slurm`` submits through submitit (``pip install 'kdbench[cluster]'``), one array job;
   each job is checkpointable: on pre-emption or time-out submitit requeues it with ``resume=True``,
   which continues from the run's last epoch checkpoint (exact resume).
@@ -23,7 +25,7 @@ from pathlib import Path
 from . import results
 from .config import RunConfig, parse_overrides
 from .data import DATASETS
-from .errors import Unavailable, UsageError
+from .errors import TrainingFailed, Unavailable, UsageError
 from .registry import Paper, get_paper, papers
 
 
@@ -182,12 +184,17 @@ def sweep(args) -> int:
         return 0
     results_dir = str(args.results_dir) if args.results_dir else None
     if args.executor == "local":
-        run = RunJob()
+        run, failed = RunJob(), []
         for j in pending:
             print(f"running {j.name}", flush=True)
-            run(j.cfg.paper, j.cfg.preset, j.cfg.pair, j.cfg.seed, overrides, results_dir, resume=args.resume)
-        print(f"done: {len(pending)} runs recorded, {len(jobs) - len(pending)} skipped")
-        return 0
+            try:
+                run(j.cfg.paper, j.cfg.preset, j.cfg.pair, j.cfg.seed, overrides, results_dir, resume=args.resume)
+            except TrainingFailed as exc:  # its last good checkpoint stays; the other runs go on
+                print(f"FAILED {j.name}: {exc}", flush=True)
+                failed.append(j)
+        print(f"done: {len(pending) - len(failed)} runs recorded, {len(failed)} failed, "
+              f"{len(jobs) - len(pending)} skipped")
+        return 1 if failed else 0
     from .reproduce import runs_root
     folder = runs_root() / "sweeps" / time.strftime("%Y%m%d-%H%M%S")
     handles = submit_slurm(pending, overrides, results_dir, folder=folder, partition=args.partition,
