@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import distributed, results, teachers, upstream
+from . import determinism, distributed, results, teachers, upstream
 from . import resume as resuming
 from .config import RunConfig, TrainConfig, resolve
 from .data import DATASETS, make_loaders
@@ -144,7 +144,7 @@ def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool 
     run_dir = run_dir_of(cfg)
     num_classes, image_size = DATASETS[cfg.dataset]["num_classes"], DATASETS[cfg.dataset]["image_size"]
     amp, channels_last = resolve_precision(cfg.train, device)
-    if device.type == "cuda":
+    if device.type == "cuda" and not determinism.enabled():
         torch.backends.cudnn.benchmark = True
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
@@ -207,7 +207,7 @@ def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool 
         "device": device_name(device),
         "precision": "bf16" if amp else "fp32",
         "teacher_cache": {**cache_info, **(distiller.logit_cache.summary() if distiller.logit_cache else {})},
-        "channels_last": channels_last, "config": cfg.to_dict(),
+        "channels_last": channels_last, "config": cfg.to_dict(), "deterministic": determinism.enabled(),
         "skipped_steps": skipped + state.get("skipped_steps", 0),
         "train_img_s": sum(h["train_img_s"] for h in history) / len(history),
         "wall_time_s": time.time() - start, "run_dir": str(run_dir), **results.environment(),
