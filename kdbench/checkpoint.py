@@ -25,6 +25,12 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
+def discard_partial(folder) -> None:
+    """Delete what killed atomic writes left in ``folder`` (their temporary files; the targets are intact)."""
+    for tmp in Path(folder).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_save(obj, path) -> None:
     _atomic(path, lambda fh: torch.save(obj, fh))
 

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import Unavailable, UsageError
+from .errors import TrainingFailed, Unavailable, UsageError
 
 
 def _list(args) -> int:
@@ -22,7 +22,9 @@ def _list(args) -> int:
 
 
 def _reproduce(args) -> int:
-    from . import distributed
+    from . import determinism, distributed
+    if args.deterministic:  # before anything creates a CUDA context (kdbench.determinism)
+        determinism.enable()
     from .config import parse_overrides
     from .parallel import auto_parallel, run_side_by_side
     from .registry import get_paper, papers
@@ -158,6 +160,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", default=None, help="explicit seed(s), comma-separated")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic GPU kernels (slower; the CPU is deterministic anyway)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=10")
     p.add_argument("--dry-run", action="store_true", help="print the resolved configs and exit")
     p.add_argument("--results-dir", default=None)
@@ -207,6 +211,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, default=64, help="Slurm array parallelism")
     p.add_argument("--wait", action="store_true", help="wait for the Slurm jobs and print their results")
     p.add_argument("--resume", action="store_true", help="local: continue runs from their last epoch checkpoint")
+    p.add_argument("--deterministic", action="store_true", help="deterministic GPU kernels (see reproduce)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated cost")
     p.add_argument("--rate-from", default=None, help="a `kdbench bench --json` output to estimate the cost from")
     p.add_argument("--device", default=None)
@@ -234,6 +239,9 @@ def main(argv=None) -> int:
         print(f"kdbench: error: {exc}", file=sys.stderr)
         return 2
     except Unavailable as exc:  # a dataset or teacher that is missing and cannot be downloaded
+        print(f"kdbench: error: {exc}", file=sys.stderr)
+        return 1
+    except TrainingFailed as exc:  # a non-finite loss or weight (kdbench.guard): no record was written
         print(f"kdbench: error: {exc}", file=sys.stderr)
         return 1
 

@@ -36,6 +36,8 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | bf16 | off
     channels_last: str = "auto"  # auto (on CUDA) | on | off
     eval_every: int = 1
+    nonfinite: str = "stop"  # stop | skip: a NaN/inf loss stops the run, or its step is skipped (kdbench.guard)
+    max_skipped_steps: int = 10  # skip: more skipped steps than this, in a row or in the run, stop it
     momentum_reset: bool = False  # clear SGD momentum when the lr decays (code that rebuilds its optimizer)
     teacher_cache: str = "auto"  # auto | on | off: exact per-view teacher-logit cache (kdbench.teacher_cache)
     compile: bool = False  # torch.compile the student and teacher (opt-in: measured in kdbench bench --compile)
@@ -190,9 +192,12 @@ def make_train(where: str, raw: dict) -> TrainConfig:
         raise UsageError(f"malformed config: {where}.amp={cfg.amp!r}; choose from: {', '.join(sorted(AMP_CHOICES))}")
     if cfg.teacher_cache not in {"auto", "on", "off"}:
         raise UsageError(f"malformed config: {where}.teacher_cache={cfg.teacher_cache!r}; choose from: auto, off, on")
-    for name, valid in (("warmup_unit", ("epoch", "step")), ("best_tie", ("first", "last"))):
+    for name, valid in (("warmup_unit", ("epoch", "step")), ("best_tie", ("first", "last")),
+                        ("nonfinite", ("stop", "skip"))):
         if getattr(cfg, name) not in valid:
             raise UsageError(f"malformed config: {where}.{name}={getattr(cfg, name)!r}; choose from: {', '.join(valid)}")
+    if isinstance(cfg.max_skipped_steps, bool) or not isinstance(cfg.max_skipped_steps, int) or cfg.max_skipped_steps < 0:
+        raise UsageError(f"malformed config: {where}.max_skipped_steps must be a non-negative integer")
     if cfg.channels_last not in {"auto", "on", "off"}:
         raise UsageError(f"malformed config: {where}.channels_last={cfg.channels_last!r}; choose from: auto, off, on")
     for name in ("epochs", "batch_size"):

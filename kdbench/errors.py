@@ -12,3 +12,8 @@ def choices(kind: str, value: str, valid) -> UsageError:
 
 class Unavailable(RuntimeError):
     """A dataset or checkpoint is missing and cannot be obtained; the message says what to do."""
+
+
+class TrainingFailed(RuntimeError):
+    """A run stopped without a result (a non-finite loss or weight); the message names where, and the last
+    good checkpoint. The CLI prints it on one line and exits with status 1."""

@@ -45,6 +45,8 @@ def child_command(cfg: RunConfig, *, device: str | None, overrides: list[str], r
         cmd += ["--device", device]
     if resume:
         cmd.append("--resume")
+    if torch.are_deterministic_algorithms_enabled():  # kdbench.determinism: children run the same way
+        cmd.append("--deterministic")
     if results_dir:
         cmd += ["--results-dir", results_dir]
     return cmd

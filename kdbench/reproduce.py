@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import distributed, results, teachers, upstream
+from . import determinism, distributed, results, teachers, upstream
+from . import resume as resuming
 from .config import RunConfig, TrainConfig, resolve
 from .data import DATASETS, make_loaders
 from .distiller import DataInfo, Vanilla, add_kd
@@ -143,7 +144,7 @@ def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool 
     run_dir = run_dir_of(cfg)
     num_classes, image_size = DATASETS[cfg.dataset]["num_classes"], DATASETS[cfg.dataset]["image_size"]
     amp, channels_last = resolve_precision(cfg.train, device)
-    if device.type == "cuda":
+    if device.type == "cuda" and not determinism.enabled():
         torch.backends.cudnn.benchmark = True
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
@@ -152,7 +153,8 @@ def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool 
         t_train, t_test, _ = loaders_for(cfg, train_cfg, device, channels_last, seed=0, teacher=True)
         seed_everything(0)
         model = create_model(arch, num_classes=num_classes).to(device, memory_format=memory_format)
-        state = fit(Vanilla(model), t_train, t_test, train_cfg, run_dir=out_dir, log=log)
+        state = fit(Vanilla(model), t_train, t_test, train_cfg, run_dir=out_dir, log=log, resume=resume,
+                    identity=out_dir.name)  # the folder is named by the hash of the teacher's recipe
         return model, {"best_top1": state["best_top1"], "last_top1": state["history"][-1]["test_top1"]}
 
     train_loader, test_loader, _ = loaders_for(cfg, cfg.train, device, channels_last)  # data first: fail early
@@ -183,10 +185,12 @@ def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool 
         raise UsageError(f"{cfg.paper} keeps per-sample state across steps and cannot run on several processes")
     cache_info = setup_teacher_cache(distiller, cfg, train_loader, num_classes, device, amp)
     log(f"teacher-logit cache: {'on' if cache_info['enabled'] else 'off'} ({cache_info['reason']})")
+    skipped = 0  # steps skipped for a non-finite loss (train.nonfinite: skip), every stage
     for stage in cfg.stages:
-        fit(distiller, train_loader, test_loader, stage.train, run_dir=run_dir, stage=stage.name,
-            resume=resume, log=log)
-    state = fit(distiller, train_loader, test_loader, cfg.train, run_dir=run_dir, resume=resume, log=log)
+        skipped += fit(distiller, train_loader, test_loader, stage.train, run_dir=run_dir, stage=stage.name,
+                       resume=resume, log=log, identity=cfg.digest()).get("skipped_steps", 0)
+    state = fit(distiller, train_loader, test_loader, cfg.train, run_dir=run_dir, resume=resume, log=log,
+                identity=cfg.digest())
     history = state["history"]
     last = next(h for h in reversed(history) if "test_top1" in h)
     prof = profile(student, image_size=image_size, amp=amp, channels_last=channels_last,
@@ -204,7 +208,8 @@ def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool 
         "device": device_name(device),
         "precision": "bf16" if amp else "fp32",
         "teacher_cache": {**cache_info, **(distiller.logit_cache.summary() if distiller.logit_cache else {})},
-        "channels_last": channels_last, "config": cfg.to_dict(),
+        "channels_last": channels_last, "config": cfg.to_dict(), "deterministic": determinism.enabled(),
+        "skipped_steps": skipped + state.get("skipped_steps", 0),
         "train_img_s": sum(h["train_img_s"] for h in history) / len(history),
         "wall_time_s": time.time() - start, "run_dir": str(run_dir), **results.environment(),
     }
@@ -213,6 +218,7 @@ def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool 
         return record
     path = results.write(record, results_dir)
     upstream.mark_complete(run_dir, cfg, record, path)
+    resuming.discard_cache(run_dir)
     log(f"{cfg.paper}/{cfg.preset} {cfg.pair} seed {cfg.seed}: best top1 {record['best_top1']:.2f} "
         f"(epoch {record['best_epoch']}), last {record['last_top1']:.2f} -> {path}")
     return record

@@ -4,7 +4,9 @@
   same :func:`kdbench.reproduce.run_one`), so records land in ``results/`` and the leaderboard and
   ``check`` work unchanged.
 * A job whose record already exists (and parses, with the same resolved config) is skipped, so a sweep
-  can be re-submitted after failures or pre-emption until nothing is left.
+  can be re-submitted after failures or pre-emption until nothing is left; with ``--resume`` a run that
+  was interrupted continues from its last epoch checkpoint (exact resume, :mod:`kdbench.resume`) instead
+  of starting again. Locally, a run that stops on a non-finite loss is reported and the others still run.
 * ``--executor slurm`` submits through submitit (``pip install 'kdbench[cluster]'``), one array job;
   each job is checkpointable: on pre-emption or time-out submitit requeues it with ``resume=True``,
   which continues from the run's last epoch checkpoint (exact resume).
@@ -23,7 +25,7 @@ from pathlib import Path
 from . import results
 from .config import RunConfig, parse_overrides
 from .data import DATASETS
-from .errors import Unavailable, UsageError
+from .errors import TrainingFailed, Unavailable, UsageError
 from .registry import Paper, get_paper, papers
 
 
@@ -125,9 +127,15 @@ class RunJob:
     """One sweep job as a picklable callable; submitit calls ``checkpoint`` on pre-emption/time-out and
     requeues the returned submission, which resumes from the run's last epoch checkpoint."""
 
+    def __init__(self, deterministic: bool = False):
+        self.deterministic = deterministic
+
     def __call__(self, paper_id: str, preset: str, pair: str, seed: int, overrides: dict,
                  results_dir: str | None = None, resume: bool = False) -> dict:
         from .reproduce import pick_device, plan, run_one
+        if self.deterministic:
+            from .determinism import enable
+            enable()
         paper = get_paper(paper_id)
         (cfg,) = plan(paper, preset, [pair], [seed], overrides)
         record = run_one(paper, cfg, device=pick_device(), resume=resume,
@@ -136,11 +144,12 @@ class RunJob:
 
     def checkpoint(self, *args, **kwargs):
         import submitit
-        return submitit.helpers.DelayedSubmission(RunJob(), *args, **{**kwargs, "resume": True})
+        return submitit.helpers.DelayedSubmission(RunJob(self.deterministic), *args, **{**kwargs, "resume": True})
 
 
 def submit_slurm(jobs: list[Job], overrides: dict, results_dir: str | None, *, folder: Path, partition: str | None,
-                 timeout_min: int, cpus: int, mem_gb: int, parallel: int, cluster: str | None = None):
+                 timeout_min: int, cpus: int, mem_gb: int, parallel: int, cluster: str | None = None,
+                 deterministic: bool = False):
     try:
         import submitit
     except ImportError:
@@ -153,7 +162,7 @@ def submit_slurm(jobs: list[Job], overrides: dict, results_dir: str | None, *, f
             params["slurm_partition"] = partition
     executor.update_parameters(name="kdbench", **params)
     with executor.batch():
-        handles = [executor.submit(RunJob(), j.cfg.paper, j.cfg.preset, j.cfg.pair, j.cfg.seed, overrides, results_dir)
+        handles = [executor.submit(RunJob(deterministic), j.cfg.paper, j.cfg.preset, j.cfg.pair, j.cfg.seed, overrides, results_dir)
                    for j in jobs]
     return handles
 
@@ -182,17 +191,22 @@ def sweep(args) -> int:
         return 0
     results_dir = str(args.results_dir) if args.results_dir else None
     if args.executor == "local":
-        run = RunJob()
+        run, failed = RunJob(args.deterministic), []
         for j in pending:
             print(f"running {j.name}", flush=True)
-            run(j.cfg.paper, j.cfg.preset, j.cfg.pair, j.cfg.seed, overrides, results_dir, resume=args.resume)
-        print(f"done: {len(pending)} runs recorded, {len(jobs) - len(pending)} skipped")
-        return 0
+            try:
+                run(j.cfg.paper, j.cfg.preset, j.cfg.pair, j.cfg.seed, overrides, results_dir, resume=args.resume)
+            except TrainingFailed as exc:  # its last good checkpoint stays; the other runs go on
+                print(f"FAILED {j.name}: {exc}", flush=True)
+                failed.append(j)
+        print(f"done: {len(pending) - len(failed)} runs recorded, {len(failed)} failed, "
+              f"{len(jobs) - len(pending)} skipped")
+        return 1 if failed else 0
     from .reproduce import runs_root
     folder = runs_root() / "sweeps" / time.strftime("%Y%m%d-%H%M%S")
     handles = submit_slurm(pending, overrides, results_dir, folder=folder, partition=args.partition,
                            timeout_min=args.timeout_min, cpus=args.cpus, mem_gb=args.mem_gb,
-                           parallel=args.parallel, cluster=args.cluster)
+                           parallel=args.parallel, cluster=args.cluster, deterministic=args.deterministic)
     print(f"submitted {len(handles)} jobs ({len(jobs) - len(pending)} skipped); logs in {folder}")
     if args.wait:
         for j, h in zip(pending, handles):

@@ -16,11 +16,18 @@ allocated). Memory: ``samples x views x classes x bytes``, e.g. CIFAR-100: 50,00
 = 3.24 GB in fp32, 1.62 GB in bf16, plus 8.1 MB of flags.
 
 Logits equal the live teacher's up to floating-point reduction order (the teacher sees sub-batches of
-misses instead of whole batches).
+misses instead of whole batches). For the same reason a resumed run must not recompute what it had cached:
+at every epoch checkpoint the trainer writes the entries filled since the previous one
+(:meth:`TeacherLogitCache.save_new`: at most one entry per image and epoch, 20 MB per epoch for CIFAR-100 in
+fp32, and over a run no more than the filled table; deleted once the run is recorded) and a resumed run
+reads them back (:meth:`TeacherLogitCache.load_saved`), so it continues with the very values of the
+uninterrupted run (the hit and miss counts are in the checkpoint itself).
 """
 from __future__ import annotations
 
 import torch
+
+from . import checkpoint
 
 SAFETY = 0.8  # use at most this share of the free memory
 
@@ -47,6 +54,7 @@ class TeacherLogitCache:
         self.logits: torch.Tensor | None = None  # allocated on first use
         self.filled: torch.Tensor | None = None
         self.hits = self.misses = 0
+        self._saved: torch.Tensor | None = None  # ``filled`` as of the last save_new
 
     @property
     def nbytes(self) -> int:
@@ -77,7 +85,33 @@ class TeacherLogitCache:
         self.hits += len(indices) - n_miss
         return self.logits[indices, views]
 
+    def save_new(self, path) -> None:
+        """Write the entries filled since the last call to ``path``."""
+        rows = views = torch.zeros(0, dtype=torch.int64)
+        logits = torch.zeros(0, self.shape[2], dtype=self.dtype)
+        if self.filled is not None:
+            new = self.filled if self._saved is None else self.filled & ~self._saved
+            rows, views = new.nonzero(as_tuple=True)
+            logits = self.logits[rows, views].cpu()
+            rows, views = rows.cpu(), views.cpu()
+            self._saved = self.filled.clone()
+        checkpoint.atomic_save({"rows": rows, "views": views, "logits": logits}, path)
+
+    def load_saved(self, paths) -> None:
+        """Add the entries of files written by :meth:`save_new`."""
+        for path in paths:
+            saved = checkpoint.load(path)
+            if self.logits is None:
+                self.logits = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+                self.filled = torch.zeros(self.shape[:2], dtype=torch.bool, device=self.device)
+            rows, views = saved["rows"].to(self.device), saved["views"].to(self.device)
+            self.logits[rows, views] = saved["logits"].to(self.device, self.dtype)
+            self.filled[rows, views] = True
+        if self.filled is not None:
+            self._saved = self.filled.clone()
+
     def summary(self) -> dict:
         total = self.hits + self.misses
-        return {"nbytes": self.allocated(), "hits": self.hits, "misses": self.misses,
+        used = self.logits is not None or total  # (a resumed run may not have needed to allocate it again)
+        return {"nbytes": self.nbytes if used else 0, "hits": self.hits, "misses": self.misses,
                 "hit_rate": self.hits / total if total else None}

@@ -1,5 +1,6 @@
 """The training loop: SGD on the config's schedule, per-epoch eval, JSONL log,
-an atomic checkpoint every epoch and exact resume."""
+an atomic checkpoint every epoch and exact resume (:mod:`kdbench.resume`), no NaN let through
+(:mod:`kdbench.guard`)."""
 from __future__ import annotations
 
 import json
@@ -11,9 +12,11 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint, distributed
+from . import resume as resuming
 from .config import TrainConfig, checkpoint_name
 from .distiller import Distiller, StepContext
 from .evaluate import accuracy, autocast
+from .guard import NonFiniteGuard
 
 
 def resolve_precision(cfg: TrainConfig, device: torch.device) -> tuple[bool, bool]:
@@ -47,20 +50,27 @@ def _state(distiller: Distiller) -> dict:
     return {k: v for k, v in distiller.state_dict().items() if not k.startswith("teacher.")}
 
 
-def train_step(distiller: Distiller, optimizer, images, labels, ctx: StepContext, amp: bool) -> dict:
-    """One optimisation step on the sum of the method's named loss terms; returns the terms."""
+def train_step(distiller: Distiller, optimizer, images, labels, ctx: StepContext, amp: bool,
+               guard: NonFiniteGuard | None = None) -> dict:
+    """One optimisation step on the sum of the method's named loss terms; returns the terms ({} if
+    ``guard`` skipped the step)."""
     with autocast(images.device, amp):
         _, losses = distiller(images, labels, ctx)
     optimizer.zero_grad(set_to_none=True)
-    sum(losses.values()).backward()
+    total = sum(losses.values())
+    total.backward()
     distributed.average_gradients(p for group in optimizer.param_groups for p in group["params"])
+    if guard is not None and not guard.allow(total, losses):
+        return {}
     optimizer.step()
     return losses
 
 
 def fit(distiller: Distiller, train_loader, test_loader, cfg: TrainConfig, *, run_dir: Path,
-        stage: str = "main", resume: bool = False, progress: bool | None = None, log=None) -> dict:
-    """Train ``distiller`` for ``cfg.epochs`` epochs; return the stage summary."""
+        stage: str = "main", resume: bool = False, progress: bool | None = None, log=None,
+        identity: str | None = None) -> dict:
+    """Train ``distiller`` for ``cfg.epochs`` epochs; return the stage summary. ``identity`` (the config's
+    digest) is stored in the checkpoint; ``resume`` continues only from a checkpoint of the same one."""
     log = log or (lambda msg: print(msg, flush=True))
     main = distributed.is_main()  # under torchrun only process 0 writes
     device = next(distiller.student.parameters()).device
@@ -72,16 +82,15 @@ def fit(distiller: Distiller, train_loader, test_loader, cfg: TrainConfig, *, ru
     ckpt_path, log_path = Path(run_dir) / f"checkpoint-{stage}.pt", Path(run_dir) / f"log-{stage}.jsonl"
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     state = {"epoch": 0, "best_top1": -1.0, "best_epoch": 0, "history": []}
-    if resume and ckpt_path.exists():
-        saved = checkpoint.load(ckpt_path, map_location=device)
-        missing, unexpected = distiller.load_state_dict(saved["model"], strict=False)
-        if unexpected or any(not k.startswith("teacher.") for k in missing):
-            raise RuntimeError(f"checkpoint {ckpt_path} does not match this run: {missing or unexpected}")
-        optimizer.load_state_dict(saved["optimizer"])
-        state = saved["trainer"]
+    saved = resuming.load(ckpt_path, identity, device, log) if resume else None
+    if saved is not None:  # weights, optimizer, random generators as at the end of the saved epoch
+        state = resuming.restore(saved, distiller, optimizer, ckpt_path)
         log(f"resumed {stage} from epoch {state['epoch']}")
-    elif log_path.exists() and main:
-        log_path.unlink()  # a fresh run starts a fresh log
+    if main:
+        checkpoint.discard_partial(run_dir)
+        resuming.start_log(log_path, state["history"])
+    resuming.restore_cache(distiller, run_dir, stage, state["epoch"])
+    guard = NonFiniteGuard(cfg.nonfinite, cfg.max_skipped_steps, stage, ckpt_path, state)
     distributed.broadcast_parameters(params)  # the same start on every process (no-op in one process)
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
         lr = cfg.lr_at(epoch)
@@ -92,7 +101,8 @@ def fit(distiller: Distiller, train_loader, test_loader, cfg: TrainConfig, *, ru
         distiller.train()
         train_loader.set_epoch(epoch)
         sums: dict[str, torch.Tensor] = {}
-        seen, start = 0, time.perf_counter()
+        seen, counted, start = 0, 0, time.perf_counter()
+        guard.begin(epoch)
         bar = tqdm(train_loader.batches(), total=len(train_loader), desc=f"{stage} {epoch}/{cfg.epochs}", unit="batch",
                    leave=False, disable=not (sys.stderr.isatty() if progress is None else progress))
         for step, (images, labels, indices, views) in enumerate(bar):
@@ -100,16 +110,17 @@ def fit(distiller: Distiller, train_loader, test_loader, cfg: TrainConfig, *, ru
                 for group in optimizer.param_groups:
                     group["lr"] = cfg.lr_at(epoch, step, len(train_loader))
             ctx = StepContext(epoch=epoch, epochs=cfg.epochs, stage=stage, indices=indices, views=views)
-            losses = train_step(distiller, optimizer, images, labels, ctx, amp)
+            losses = train_step(distiller, optimizer, images, labels, ctx, amp, guard)
             for name, value in losses.items():  # stays on the device: no sync per step
                 sums[name] = sums.get(name, 0.0) + value.detach().float() * labels.shape[0]
-            seen += labels.shape[0]
+            seen, counted = seen + labels.shape[0], counted + (labels.shape[0] if losses else 0)
             bar.set_postfix(img_s=f"{seen / (time.perf_counter() - start):.0f}", refresh=False)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_time = time.perf_counter() - start
         record = {"epoch": epoch, "stage": stage, "lr": lr, "train_img_s": seen / train_time,
-                  "train_time_s": train_time, **{k: (v / seen).item() for k, v in sums.items()}}
+                  "train_time_s": train_time, **{k: (v / counted).item() for k, v in sums.items()}}
+        guard.end(distiller, record, state)  # raises on a non-finite loss or weight: nothing of it is saved
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             distributed.broadcast_buffers(distiller.student)
             test = accuracy(distiller.student, test_loader, amp=amp)
@@ -118,16 +129,16 @@ def fit(distiller: Distiller, train_loader, test_loader, cfg: TrainConfig, *, ru
                 state.update(best_top1=test["top1"], best_epoch=epoch, best_top5=test["top5"])
         state["epoch"] = epoch
         state["history"].append(record)
+        resuming.save_cache(distiller, run_dir, stage, epoch)  # every process its own entries
         if not main:
             continue
-        with open(log_path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-        checkpoint.atomic_save({"model": _state(distiller), "optimizer": optimizer.state_dict(),
-                                "trainer": state}, ckpt_path)
         keep = [k for k in cfg.keep_checkpoints if k == epoch or (k == "best" and state["best_epoch"] == epoch)]
-        for k in keep:  # weights another run of the recipe builds on (see config.UpstreamRun)
+        for k in keep:  # weights another run builds on (config.UpstreamRun); before the checkpoint: a kill redoes them
             checkpoint.atomic_save({"model": distiller.student.state_dict(), "epoch": epoch,
                                     "top1": record.get("test_top1")}, kept_path(run_dir, stage, k))
+        with open(log_path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        checkpoint.atomic_save(resuming.payload(_state(distiller), optimizer, state, distiller, identity), ckpt_path)
         log(f"[{stage}] epoch {epoch}/{cfg.epochs} lr {lr:.4g} "
             + " ".join(f"{k} {record[k]:.4f}" for k in sums)
             + (f" top1 {record['test_top1']:.2f} (best {state['best_top1']:.2f}@{state['best_epoch']})"

@@ -1,8 +1,10 @@
-"""``kdbench sweep``: the plan and its cost, local execution that skips recorded runs, and the
-submitit path (its in-process debug executor) with a resumable job."""
+"""``kdbench sweep``: the plan and its cost, local execution that skips recorded runs and resumes interrupted
+ones (a failing run does not stop the others), and the submitit path (its in-process debug executor) with a
+resumable job."""
 import json
 
 import pytest
+import torch
 
 from kdbench.cli import main
 from kdbench.sweep import RunJob, expand, model_macs, run_macs
@@ -48,3 +50,59 @@ def test_submitit_path_records_and_requeues_with_resume(sandbox, capsys):
 def test_bad_paper_is_one_line(capsys, sandbox):
     assert main(["sweep", "nope", "--dry-run"]) == 2
     assert "\n" not in capsys.readouterr().err.strip()
+
+
+NOISY = ["sweep", "noisy_teachers", "--preset", "smoke", "--set", "train.epochs=3", "--set", "teacher_train.epochs=1",
+         "--set", "data_subset.train_per_class=4", "--set", "data_subset.test_per_class=2"]
+NOISELESS = "noisy_teachers/smoke/mlp_1200_1200-mlp_800_800_noiseless/seed0"
+
+
+class Killed(BaseException):
+    """Stands for the process being killed: nothing catches it."""
+
+
+def test_resubmitted_sweep_skips_the_completed_run_and_resumes_the_half_done_one(sandbox, capsys, monkeypatch,
+                                                                               one_thread_module):
+    from kdbench import checkpoint
+    real = checkpoint.atomic_save
+
+    def killed_in_epoch_2_of_the_noiseless_run(obj, path):  # the noisy pair runs first and completes
+        if "noiseless" in str(path) and path.name == "checkpoint-main.pt" and obj["trainer"]["epoch"] == 2:
+            raise Killed
+        real(obj, path)
+    monkeypatch.setattr(checkpoint, "atomic_save", killed_in_epoch_2_of_the_noiseless_run)
+    with pytest.raises(Killed):
+        main(NOISY)
+    monkeypatch.setattr(checkpoint, "atomic_save", real)
+    recorded = sandbox / "results/noisy_teachers/smoke/mlp_1200_1200-mlp_800_800/seed0.json"
+    mtime = recorded.stat().st_mtime_ns
+    assert not (sandbox / "results" / f"{NOISELESS}.json").exists()
+    capsys.readouterr()
+
+    assert main([*NOISY, "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "running noisy_teachers/smoke/mlp_1200_1200-mlp_800_800_noiseless/seed0" in out
+    assert "running noisy_teachers/smoke/mlp_1200_1200-mlp_800_800/seed0" not in out
+    assert "resumed main from epoch 1" in out and "[main] epoch 1/3" not in out
+    assert "done: 1 runs recorded, 0 failed, 1 skipped" in out
+    assert recorded.stat().st_mtime_ns == mtime
+    resumed = json.loads((sandbox / "results" / f"{NOISELESS}.json").read_text())
+
+    # the same run never interrupted
+    for var, sub in (("KDBENCH_RUNS", "runs2"), ("KDBENCH_RESULTS", "results2")):
+        monkeypatch.setenv(var, str(sandbox / sub))
+    assert main([*NOISY, "--pair", "mlp_1200_1200-mlp_800_800_noiseless"]) == 0
+    whole = json.loads((sandbox / "results2" / f"{NOISELESS}.json").read_text())
+    assert (resumed["best_top1"], resumed["last_top1"]) == (whole["best_top1"], whole["last_top1"])
+    a = checkpoint.load(sandbox / "runs" / NOISELESS / "checkpoint-main.pt")["model"]
+    b = checkpoint.load(sandbox / "runs2" / NOISELESS / "checkpoint-main.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_a_run_failing_on_a_non_finite_loss_does_not_stop_the_sweep(sandbox, capsys, one_thread_module):
+    """An infinite noise variance breaks the noisy pair; the noiseless pair draws no noise and is recorded."""
+    assert main([*NOISY, "--set", "method.noise_variance=.inf"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED noisy_teachers/smoke/mlp_1200_1200-mlp_800_800/seed0: non-finite loss loss_l2=inf at epoch 1" in out
+    assert "done: 1 runs recorded, 1 failed, 0 skipped" in out
+    assert [p.parent.name for p in (sandbox / "results").rglob("seed0.json")] == ["mlp_1200_1200-mlp_800_800_noiseless"]
