@@ -101,7 +101,7 @@ def test_non_finite_weights_after_finite_losses_stop_before_the_checkpoint(tmp_p
 def test_bad_guard_settings_are_config_errors():
     from kdbench.config import make_train
     base = {"epochs": 1, "batch_size": 8, "lr": 0.1, "weight_decay": 0.0}
-    with pytest.raises(UsageError, match="nonfinite='ignore'; choose from: skip, stop"):
+    with pytest.raises(UsageError, match="nonfinite='ignore'; choose from: stop, skip"):
         make_train("t", {**base, "nonfinite": "ignore"})
     with pytest.raises(UsageError, match="max_skipped_steps must be a non-negative integer"):
         make_train("t", {**base, "max_skipped_steps": -1})
