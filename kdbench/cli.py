@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import Unavailable, UsageError
+from .errors import CheckpointError, Unavailable, UsageError
 
 
 def _list(args) -> int:
@@ -233,7 +233,8 @@ def main(argv=None) -> int:
     except UsageError as exc:
         print(f"kdbench: error: {exc}", file=sys.stderr)
         return 2
-    except Unavailable as exc:  # a dataset or teacher that is missing and cannot be downloaded
+    # a dataset or teacher that is missing and cannot be downloaded; a checkpoint that is damaged or does not fit
+    except (Unavailable, CheckpointError) as exc:
         print(f"kdbench: error: {exc}", file=sys.stderr)
         return 1
 

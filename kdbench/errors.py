@@ -1,4 +1,5 @@
-"""Errors that the CLI answers with one line and exit status 2 (bad input)."""
+"""Errors that the CLI answers with one line: exit status 2 for bad input, 1 for a file that is missing
+or damaged (the message says which file and what to do)."""
 
 
 class UsageError(Exception):
@@ -12,3 +13,9 @@ def choices(kind: str, value: str, valid) -> UsageError:
 
 class Unavailable(RuntimeError):
     """A dataset or checkpoint is missing and cannot be obtained; the message says what to do."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint on disk (or the note that vouches for it) is truncated, damaged, altered since it
+    was recorded, or does not fit the model: using it would be a crash or, worse, a silently wrong
+    teacher. The message names the file and what is wrong."""

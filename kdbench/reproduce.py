@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import distributed, results, teachers, upstream
+from . import checkpoint, distributed, results, teachers, upstream
 from .config import RunConfig, TrainConfig, resolve
 from .data import DATASETS, make_loaders
 from .distiller import DataInfo, Vanilla, add_kd
@@ -173,7 +173,7 @@ def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool 
         log(f"teacher {cfg.teacher}: top1 {teacher_info['measured_top1']:.2f} ({teacher_info['source']})")
     student = create_model(cfg.student, num_classes=num_classes)
     if "init" in weights:
-        student.load_state_dict(weights["init"][0], strict=True)
+        checkpoint.load_state_strict(student, weights["init"][0], weights["init"][1]["path"])
     student = student.to(device, memory_format=memory_format)
     data = DataInfo(num_samples=train_loader.num_samples, num_classes=num_classes,
                     image_size=image_size, train_labels=train_loader.labels)

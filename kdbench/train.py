@@ -73,7 +73,7 @@ def fit(distiller: Distiller, train_loader, test_loader, cfg: TrainConfig, *, ru
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     state = {"epoch": 0, "best_top1": -1.0, "best_epoch": 0, "history": []}
     if resume and ckpt_path.exists():
-        saved = checkpoint.load(ckpt_path, map_location=device)
+        saved = checkpoint.load_resume(ckpt_path, distiller, map_location=device)
         missing, unexpected = distiller.load_state_dict(saved["model"], strict=False)
         if unexpected or any(not k.startswith("teacher.") for k in missing):
             raise RuntimeError(f"checkpoint {ckpt_path} does not match this run: {missing or unexpected}")

@@ -1,0 +1,151 @@
+"""Trusted loading of checkpoints, each promise proved by injecting its fault: truncated, bit-flipped,
+another architecture, another number of classes, not a checkpoint, a resume from another run."""
+import types
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from kdbench import checkpoint
+from kdbench.config import TrainConfig
+from kdbench.data.loader import DeviceLoader
+from kdbench.distiller import Vanilla
+from kdbench.errors import CheckpointError
+from kdbench.models import create_model
+from kdbench.train import fit
+
+
+def flip_middle_of_largest_tensor(path: Path) -> None:
+    """Flip one bit in the middle of the data of the largest tensor of a zip-format checkpoint (the
+    flip lands in weights, not in zip padding that nothing reads)."""
+    with zipfile.ZipFile(path) as zf:
+        info = max((i for i in zf.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw = bytearray(path.read_bytes())
+    name_len, extra_len = (int.from_bytes(raw[info.header_offset + k:info.header_offset + k + 2], "little")
+                           for k in (26, 28))
+    raw[info.header_offset + 30 + name_len + extra_len + info.file_size // 2] ^= 0x10
+    path.write_bytes(bytes(raw))
+
+
+def one_line(exc) -> str:
+    msg = str(exc.value if hasattr(exc, "value") else exc)
+    assert "\n" not in msg and "Traceback" not in msg
+    return msg
+
+
+# -------------------------------------------------------------------------- 2. trusted loading
+def saved_state(path: Path, model=None, **extra) -> dict:
+    torch.manual_seed(0)
+    state = (model or create_model("resnet8")).state_dict()
+    torch.save({"model": state, **extra}, path)
+    return state
+
+
+def test_a_bit_flip_that_torch_loads_silently_is_caught_by_the_crc_check(tmp_path):
+    path = tmp_path / "ckpt.pth"
+    state = saved_state(path)
+    flip_middle_of_largest_tensor(path)
+    silently = torch.load(path, weights_only=True)["model"]  # torch itself does not notice ...
+    assert any(not torch.equal(silently[k], v) for k, v in state.items())
+    with pytest.raises(CheckpointError) as exc:  # ... kdbench does
+        checkpoint.load(path)
+    assert one_line(exc).startswith(f"checkpoint {path} is damaged: its member ") and "CRC-32" in exc.value.args[0]
+
+
+@pytest.mark.parametrize("damage, needle", [
+    ("truncated", "is truncated: its zip archive lacks its end"),
+    ("text", "is unreadable ("),
+    ("empty", "is unreadable (EOFError)"),
+    ("pickle", "is unreadable (UnpicklingError: Weights only load failed"),
+    ("missing", "is missing"),
+])
+def test_an_unreadable_checkpoint_is_one_line_naming_it(tmp_path, damage, needle):
+    path = tmp_path / "ckpt.pth"
+    saved_state(path)
+    raw = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(raw[:len(raw) // 2])
+    elif damage == "text":
+        path.write_text("this is not a checkpoint\n")
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "pickle":  # arbitrary objects: weights-only loading refuses to run them
+        torch.save({"model": types.SimpleNamespace(x=1)}, path)
+    else:
+        path.unlink()
+    with pytest.raises(CheckpointError) as exc:
+        checkpoint.load(path)
+    assert one_line(exc).startswith(f"checkpoint {path} ") and needle in str(exc.value)
+
+
+@pytest.mark.parametrize("saved, into, needle", [
+    (lambda: create_model("resnet8"), lambda: create_model("resnet20"), "missing key(s) (layer1.1.conv1.weight"),
+    (lambda: create_model("resnet8", num_classes=10), lambda: create_model("resnet8", num_classes=100),
+     "classifier fc has 10 outputs, the model expects 100: wrong number of classes"),
+    (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4, 10)),
+     lambda: nn.Sequential(nn.Conv2d(3, 4, 5), nn.Flatten(), nn.Linear(4, 10)),
+     "0.weight has shape (4, 3, 3, 3), the model expects (4, 3, 5, 5): it holds another architecture"),
+], ids=["resnet8 into resnet20", "10 classes into 100", "same keys, other shapes"])
+def test_a_checkpoint_of_another_model_is_one_line_saying_what_differs(tmp_path, saved, into, needle):
+    path = tmp_path / "ckpt.pth"
+    saved_state(path, saved())
+    model = into()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError) as exc:
+        checkpoint.load_state_strict(model, checkpoint.section(checkpoint.load(path), "model", path), path)
+    assert one_line(exc).startswith(f"checkpoint {path} does not fit ") and needle in str(exc.value)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing half-loaded
+
+
+def test_a_checkpoint_without_a_model_entry_is_one_line(tmp_path):
+    path = tmp_path / "ckpt.pth"
+    torch.save(create_model("resnet8").state_dict(), path)  # a bare state dict
+    with pytest.raises(CheckpointError, match=r"holds no 'model' entry") as exc:
+        checkpoint.section(checkpoint.load(path), "model", path)
+    one_line(exc)
+
+
+# ------------------------------------------------------------------------------ resume of a run
+# the tiny training setup of tests/test_train.py
+def tiny_net(classes=10):
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, classes))
+
+
+def loaders():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (96, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (96,), generator=g)
+    kw = {"batch_size": 32, "device": torch.device("cpu"), "mean": (0.5,) * 3, "std": (0.25,) * 3}
+    return DeviceLoader(x, y, train=True, seed=0, **kw), DeviceLoader(x[:32], y[:32], train=False, **kw)
+
+
+CFG = TrainConfig(epochs=3, batch_size=32, lr=0.1, weight_decay=5e-4, milestones=[1, 2], gamma=0.5)
+
+
+def tiny_fit(run_dir, epochs=3, resume=False, classes=10):
+    torch.manual_seed(0)
+    model = Vanilla(tiny_net(classes))
+    fit(model, *loaders(), TrainConfig(**{**CFG.__dict__, "epochs": epochs}), run_dir=run_dir, resume=resume,
+        log=lambda *_: None)
+    return model
+
+
+@pytest.mark.parametrize("damage, needle", [
+    ("another model", "is not one of this run (classifier student.5 has 10 outputs, the model expects 100"),
+    ("truncated", "is truncated: its zip archive lacks its end"),
+    ("bit flip", "is damaged: its member "),
+])
+def test_resume_from_a_damaged_or_foreign_checkpoint_is_one_line(tmp_path, damage, needle):
+    tiny_fit(tmp_path, epochs=1)
+    path = tmp_path / "checkpoint-main.pt"
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:-200])
+    elif damage == "bit flip":
+        flip_middle_of_largest_tensor(path)
+    with pytest.raises(CheckpointError) as exc:
+        tiny_fit(tmp_path, epochs=2, resume=True, classes=100 if damage == "another model" else 10)
+    assert one_line(exc).startswith(f"checkpoint {path} ") and needle in str(exc.value)
+
