@@ -1,5 +1,12 @@
-"""Trusted loading of checkpoints, each promise proved by injecting its fault: truncated, bit-flipped,
-another architecture, another number of classes, not a checkpoint, a resume from another run."""
+"""Trusted loading of checkpoints and teachers, each promise proved by injecting its fault: truncated,
+bit-flipped, another architecture, another number of classes, not a checkpoint, a teacher replaced
+after it was obtained, a resume from another run."""
+import errno
+import io
+import json
+import os
+import shutil
+import tarfile
 import types
 import zipfile
 from pathlib import Path
@@ -8,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdbench import checkpoint
+from kdbench import checkpoint, teachers
 from kdbench.config import TrainConfig
 from kdbench.data.loader import DeviceLoader
 from kdbench.distiller import Vanilla
@@ -105,6 +112,115 @@ def test_a_checkpoint_without_a_model_entry_is_one_line(tmp_path):
     with pytest.raises(CheckpointError, match=r"holds no 'model' entry") as exc:
         checkpoint.section(checkpoint.load(path), "model", path)
     one_line(exc)
+
+
+def published_archive(path: Path, legacy: bool, seed: int = 0) -> dict:
+    """The released archive's layout with one teacher; ``legacy``: the pre-zip torch format of 2019's
+    RepDistiller checkpoints, which has no CRC at all."""
+    torch.manual_seed(seed)
+    state = create_model("resnet8").state_dict()
+    buf = io.BytesIO()
+    torch.save({"model": state, "accuracy": 71.5}, buf, _use_new_zipfile_serialization=not legacy)
+    with tarfile.open(path, "w") as tar:
+        info = tarfile.TarInfo("cifar_teachers/resnet8_vanilla/ckpt_epoch_240.pth")
+        info.size = len(buf.getvalue())
+        tar.addfile(info, io.BytesIO(buf.getvalue()))
+    return state
+
+
+@pytest.mark.parametrize("legacy", [True, False], ids=["legacy format", "zip format"])
+def test_published_teachers_are_trusted_on_first_use_and_checked_on_every_load(sandbox, monkeypatch, legacy):
+    archive = sandbox / "remote.tar"
+    published_archive(archive, legacy)
+    monkeypatch.setattr(teachers, "PUBLISHED_URL", archive.as_uri())
+    assert teachers.PUBLISHED_SHA256["cifar_teachers.tar"] is None  # no digest pinned: trust on first use
+    model, info = teachers.load_published("resnet8", 100, torch.device("cpu"))
+    manifest = json.loads(teachers.manifest_path().read_text())
+    key = "cifar_teachers/resnet8_vanilla/ckpt_epoch_240.pth"
+    assert manifest == {"archives": {"cifar_teachers.tar": teachers.sha256(archive)},
+                        "files": {key: info["sha256"]}}
+    path = Path(info["path"])
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x10  # one bit in the middle of the file
+    path.write_bytes(bytes(raw))
+    if legacy:  # the legacy format loads a flipped weight without a word: only the digest notices
+        flipped = torch.load(path, weights_only=True)["model"]
+        assert any(not torch.equal(flipped[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(CheckpointError) as exc:
+        teachers.load_published("resnet8", 100, torch.device("cpu"))
+    assert one_line(exc) == (f"teacher checkpoint {path} changed since it was obtained: sha256 "
+                             f"{teachers.sha256(path)}, recorded {info['sha256']} in {teachers.manifest_path()}; "
+                             "delete it to obtain it again")
+    path.unlink()  # as the message says: it is extracted again from the (verified) archive
+    _, info2 = teachers.load_published("resnet8", 100, torch.device("cpu"))
+    assert info2["sha256"] == info["sha256"]
+
+
+def test_a_different_archive_than_the_first_download_is_refused(sandbox, monkeypatch):
+    archive = sandbox / "remote.tar"
+    published_archive(archive, legacy=False)
+    monkeypatch.setattr(teachers, "PUBLISHED_URL", archive.as_uri())
+    teachers.load_published("resnet8", 100, torch.device("cpu"))
+    local = teachers.teacher_dir() / "cifar_teachers.tar"
+    published_archive(local, legacy=False, seed=1)  # replaced by other weights
+    shutil.rmtree(teachers.teacher_dir() / "cifar_teachers")  # so that it is extracted again
+    with pytest.raises(CheckpointError, match="is not the archive first downloaded") as exc:
+        teachers.published_checkpoint("resnet8")
+    one_line(exc)
+    assert not (teachers.teacher_dir() / "cifar_teachers").exists()  # nothing extracted from it
+
+
+def test_a_hand_placed_teacher_is_recorded_on_first_load_and_checked_afterwards(sandbox):
+    path = teachers.teacher_dir() / "cifar_teachers" / "resnet8_vanilla" / "ckpt_epoch_240.pth"
+    path.parent.mkdir(parents=True)
+    saved_state(path, accuracy=70.0)
+    _, info = teachers.load_published("resnet8", 100, torch.device("cpu"))
+    assert json.loads(teachers.manifest_path().read_text())["files"] == {
+        "cifar_teachers/resnet8_vanilla/ckpt_epoch_240.pth": info["sha256"]}
+    saved_state(path, create_model("resnet8"), accuracy=99.0)  # another file, valid in itself
+    with pytest.raises(CheckpointError, match="changed since it was obtained"):
+        teachers.load_published("resnet8", 100, torch.device("cpu"))
+
+
+def test_a_read_only_teachers_folder_is_used_without_a_manifest(sandbox, monkeypatch):
+    path = teachers.teacher_dir() / "cifar_teachers" / "resnet8_vanilla" / "ckpt_epoch_240.pth"
+    path.parent.mkdir(parents=True)
+    state = saved_state(path, accuracy=70.0)
+
+    def read_only(obj, target):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(target))
+    monkeypatch.setattr(checkpoint, "atomic_write_json", read_only)
+    with pytest.warns(UserWarning, match="teacher digests not recorded in .*Read-only file system"):
+        model, _ = teachers.load_published("resnet8", 100, torch.device("cpu"))
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_a_published_teacher_of_another_architecture_or_class_count_is_one_line(sandbox):
+    path = teachers.teacher_dir() / "cifar_teachers" / "resnet20_vanilla" / "ckpt_epoch_240.pth"
+    path.parent.mkdir(parents=True)
+    saved_state(path, create_model("resnet8"))  # a resnet8 under resnet20's name
+    with pytest.raises(CheckpointError, match=r"does not fit .*missing key\(s\)") as exc:
+        teachers.load_published("resnet20", 100, torch.device("cpu"))
+    one_line(exc)
+    path = teachers.teacher_dir() / "cifar_teachers" / "resnet8_vanilla" / "ckpt_epoch_240.pth"
+    path.parent.mkdir(parents=True)
+    saved_state(path, create_model("resnet8", num_classes=10))
+    with pytest.raises(CheckpointError, match="10 outputs, the model expects 100: wrong number of classes"):
+        teachers.load_published("resnet8", 100, torch.device("cpu"))
+    assert not teachers.manifest_path().exists()  # a teacher that never loaded is never trusted
+
+
+@pytest.mark.parametrize("pinned", [True, False], ids=["pinned sha256", "trust on first use"])
+def test_a_paper_teacher_replaced_after_download_is_refused(sandbox, pinned):
+    remote = sandbox / "remote.pth"
+    saved_state(remote)
+    spec = {"url": remote.as_uri(), "file": "paper/teacher.pth", "state_key": "model",
+            **({"sha256": teachers.sha256(remote)} if pinned else {})}
+    _, info = teachers.load_paper_checkpoint("resnet8", spec, 100, torch.device("cpu"))
+    path = Path(info["path"])
+    saved_state(path, create_model("resnet8", num_classes=100), extra=1)  # replaced by another file
+    with pytest.raises(CheckpointError, match="checksum mismatch" if pinned else "changed since it was obtained"):
+        teachers.load_paper_checkpoint("resnet8", spec, 100, torch.device("cpu"))
 
 
 # ------------------------------------------------------------------------------ resume of a run
