@@ -158,11 +158,12 @@ def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool 
     train_loader, test_loader, _ = loaders_for(cfg, cfg.train, device, channels_last)  # data first: fail early
     if members:  # the mean logits of the students of several upstream runs
         teacher = upstream.LogitEnsemble([create_model(u.config.student, num_classes=num_classes)
-                                          for u in cfg.teacher_ensemble], [state for state, _ in members])
+                                          for u in cfg.teacher_ensemble], [state for state, _ in members],
+                                         [info["path"] for _, info in members])
         teacher, teacher_info = teacher.to(device), {"source": "run", "ensemble": [info for _, info in members]}
     elif "teacher" in weights:  # the student of an upstream run of this preset
-        teacher = create_model(cfg.teacher, num_classes=num_classes)
-        teacher.load_state_dict(weights["teacher"][0], strict=True)
+        teacher = checkpoint.load_state_strict(create_model(cfg.teacher, num_classes=num_classes),
+                                               weights["teacher"][0], weights["teacher"][1]["path"])
         teacher, teacher_info = teacher.to(device), {"source": "run", **weights["teacher"][1]}
     else:
         teacher, teacher_info = teachers.get_teacher(cfg, num_classes, device, train_teacher)

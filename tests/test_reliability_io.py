@@ -1,6 +1,6 @@
-"""Trusted loading of checkpoints and teachers, each promise proved by injecting its fault: truncated,
-bit-flipped, another architecture, another number of classes, not a checkpoint, a teacher replaced
-after it was obtained, a resume from another run."""
+"""Trusted loading of checkpoints, teachers and upstream runs' weights, each promise proved by
+injecting its fault: truncated, bit-flipped, another architecture, another number of classes, not a
+checkpoint, a file replaced after it was obtained or recorded, a resume from another run."""
 import errno
 import io
 import json
@@ -15,13 +15,20 @@ import pytest
 import torch
 from torch import nn
 
-from kdbench import checkpoint, teachers
-from kdbench.config import TrainConfig
+from kdbench import checkpoint, results, teachers, upstream
+from kdbench.config import TrainConfig, UpstreamRun, resolve
 from kdbench.data.loader import DeviceLoader
 from kdbench.distiller import Vanilla
 from kdbench.errors import CheckpointError
 from kdbench.models import create_model
+from kdbench.registry import get_paper
 from kdbench.train import fit
+
+
+def minimal_record(seed=0, **extra) -> dict:
+    """A record with every required key (enough for results.write / load_all)."""
+    return {**{k: 0 for k in results.REQUIRED}, "paper": "dkd", "preset": "paper",
+            "pair": "resnet32x4-resnet8x4", "seed": seed, "config": {}, **extra}
 
 
 def flip_middle_of_largest_tensor(path: Path) -> None:
@@ -221,6 +228,49 @@ def test_a_paper_teacher_replaced_after_download_is_refused(sandbox, pinned):
     saved_state(path, create_model("resnet8", num_classes=100), extra=1)  # replaced by another file
     with pytest.raises(CheckpointError, match="checksum mismatch" if pinned else "changed since it was obtained"):
         teachers.load_paper_checkpoint("resnet8", spec, 100, torch.device("cpu"))
+
+
+def upstream_run(sandbox, weights: dict) -> tuple[Path, UpstreamRun, dict]:
+    """A completed upstream run in a folder of its own, with its completion note."""
+    paper = get_paper("takd")
+    cfg = resolve(paper.id, paper.spec, "smoke", "resnet20", 0)
+    run_dir = sandbox / "runs" / "up"
+    checkpoint.atomic_save({"model": weights}, run_dir / "checkpoint-main.pt")
+    record = results.write({**minimal_record(), "best_top1": 1.0, "last_top1": 1.0}, sandbox / "results")
+    upstream.mark_complete(run_dir, cfg, {"best_top1": 1.0, "last_top1": 1.0}, record)
+    up = UpstreamRun("resnet20", "last", cfg)
+    return run_dir, up, upstream.completed(run_dir, cfg)
+
+
+def test_upstream_weights_replaced_after_the_run_are_refused(sandbox):
+    student = {f"student.{k}": v for k, v in create_model("resnet20").state_dict().items()}
+    run_dir, up, note = upstream_run(sandbox, student)
+    assert note["weights"] == {"checkpoint-main.pt": teachers.sha256(run_dir / "checkpoint-main.pt")}
+    state, info = upstream.student_weights(run_dir, up, note)
+    assert info["sha256"] == note["weights"]["checkpoint-main.pt"] and set(state) == {
+        k[len("student."):] for k in student}
+    torch.manual_seed(1)
+    other = {f"student.{k}": v for k, v in create_model("resnet20").state_dict().items()}
+    checkpoint.atomic_save({"model": other}, run_dir / "checkpoint-main.pt")  # valid, but not the run's
+    with pytest.raises(CheckpointError) as exc:
+        upstream.student_weights(run_dir, up, note)
+    assert one_line(exc).startswith(f"upstream run resnet20: {run_dir / 'checkpoint-main.pt'} was replaced after "
+                                    "the run completed (sha256 ") and f"delete {run_dir} to retrain it" in str(exc.value)
+    note.pop("weights")  # a note written before digests were kept: loads as before
+    assert upstream.student_weights(run_dir, up, note)[1]["sha256"] == teachers.sha256(run_dir / "checkpoint-main.pt")
+
+
+def test_upstream_weights_that_do_not_fit_and_a_damaged_note_are_one_line(sandbox):
+    student = {f"student.{k}": v for k, v in create_model("resnet8").state_dict().items()}
+    run_dir, up, note = upstream_run(sandbox, student)  # resnet8 weights where resnet20 is expected
+    states = [upstream.student_weights(run_dir, up, note)]
+    with pytest.raises(CheckpointError, match="does not fit ResNet.*missing key") as exc:
+        upstream.LogitEnsemble([create_model("resnet20")], [s for s, _ in states], [i["path"] for _, i in states])
+    assert str(run_dir / "checkpoint-main.pt") in one_line(exc)
+    (run_dir / "complete.json").write_text('{"digest": ')
+    with pytest.raises(CheckpointError, match="completion note .* is unreadable") as exc:
+        upstream.completed(run_dir, up.config)
+    one_line(exc)
 
 
 # ------------------------------------------------------------------------------ resume of a run
