@@ -17,6 +17,7 @@ completion note), which also covers the legacy non-zip format that has no CRC at
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -27,27 +28,43 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, DiskFull
+
+_NO_SPACE = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
 
 
 def _atomic(path: Path, write) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                write(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    except OSError as exc:
+        if exc.errno in _NO_SPACE and not isinstance(exc, DiskFull):
+            raise DiskFull(exc.errno, f"{_NO_SPACE[exc.errno]} while writing {path}") from exc
+        raise
+
+
+def _torch_save(obj, fh) -> None:
+    try:
+        torch.save(obj, fh)
+    except RuntimeError as exc:  # torch reports a failed write as "enforce fail ... unexpected pos"
+        if isinstance(exc.__context__, OSError):
+            raise exc.__context__ from None  # the write's own error (e.g. ENOSPC) says what happened
         raise
 
 
 def atomic_save(obj, path) -> None:
-    _atomic(path, lambda fh: torch.save(obj, fh))
+    _atomic(path, lambda fh: _torch_save(obj, fh))
 
 
 def atomic_write_text(text: str, path) -> None:
@@ -56,6 +73,11 @@ def atomic_write_text(text: str, path) -> None:
 
 def atomic_write_json(obj, path) -> None:
     atomic_write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", path)
+
+
+def atomic_savefig(fig, path, **kwargs) -> None:
+    """A matplotlib figure, in the format its file name says (``.png``)."""
+    _atomic(path, lambda fh: fig.savefig(fh, format=Path(path).suffix[1:], **kwargs))
 
 
 def _reason(exc: BaseException) -> str:

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 
-from .errors import CheckpointError, Unavailable, UsageError
+from .errors import CheckpointError, DiskFull, Unavailable, UsageError
 
 
 def _list(args) -> int:
@@ -233,9 +235,16 @@ def main(argv=None) -> int:
     except UsageError as exc:
         print(f"kdbench: error: {exc}", file=sys.stderr)
         return 2
-    # a dataset or teacher that is missing and cannot be downloaded; a checkpoint that is damaged or does not fit
-    except (Unavailable, CheckpointError) as exc:
+    # a dataset or teacher that is missing and cannot be downloaded; a checkpoint that is damaged, altered
+    # or does not fit; a file that could not be written for lack of space (its previous version is intact)
+    except (Unavailable, CheckpointError, DiskFull) as exc:
         print(f"kdbench: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a full disk outside the atomic writers (e.g. appending to a log)
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"kdbench: error: {os.strerror(exc.errno).lower()}"
+              + (f" while writing {exc.filename}" if exc.filename else ""), file=sys.stderr)
         return 1
 
 

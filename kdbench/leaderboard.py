@@ -8,7 +8,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from . import results
-from .checkpoint import atomic_write_text
+from .checkpoint import atomic_savefig, atomic_write_text
 from .check import evaluate_claims, group_records, record_problem
 from .models import resolve_name
 from .profiles import load_profiles
@@ -149,7 +149,7 @@ def plots(points, out_dir: Path, device: str | None) -> list[str]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out_dir / fname, dpi=110)
+        atomic_savefig(fig, out_dir / fname, dpi=110)
         plt.close(fig)
         names.append(fname)
     return names

@@ -1,11 +1,16 @@
-"""Trusted loading of checkpoints, teachers and upstream runs' weights, each promise proved by
-injecting its fault: truncated, bit-flipped, another architecture, another number of classes, not a
-checkpoint, a file replaced after it was obtained or recorded, a resume from another run."""
+"""Reliability of what kdbench writes and loads, each promise proved by injecting its fault:
+atomic writes (a write failing or killed halfway, writers in parallel), trusted loading of checkpoints
+and teachers (truncated, bit-flipped, another architecture, another number of classes, not a
+checkpoint, replaced after the fact) and a disk that fills up in training."""
 import errno
 import io
 import json
+import multiprocessing
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tarfile
 import types
 import zipfile
@@ -19,10 +24,55 @@ from kdbench import checkpoint, results, teachers, upstream
 from kdbench.config import TrainConfig, UpstreamRun, resolve
 from kdbench.data.loader import DeviceLoader
 from kdbench.distiller import Vanilla
-from kdbench.errors import CheckpointError
+from kdbench.errors import CheckpointError, DiskFull
 from kdbench.models import create_model
 from kdbench.registry import get_paper
 from kdbench.train import fit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------------------- helpers
+class FailingFile(io.FileIO):
+    """A file whose writes fail with ``error`` once ``limit`` bytes are on disk: a disk that fills up,
+    or an I/O error, in the middle of a file. ``failed`` gets the bytes on disk when it failed."""
+
+    def __init__(self, fd, limit, error, failed: list):
+        super().__init__(fd, "wb")
+        self.limit, self.error, self.failed, self.hit = limit, error, failed, False
+
+    def write(self, data):
+        room = self.limit - self.tell()
+        if room <= 0:
+            if not self.hit:  # the writer may try again (e.g. when the file is closed): one fault
+                self.failed.append(self.tell())
+                self.hit = True
+            raise OSError(self.error, os.strerror(self.error))
+        return super().write(bytes(memoryview(data)[:room]))
+
+
+@pytest.fixture
+def failing_writes(monkeypatch):
+    """``fail(nth, limit, error)``: the ``nth`` file kdbench.checkpoint writes from now on fails after
+    ``limit`` bytes with ``error``. Returns the list of bytes on disk at each failure."""
+    def fail(nth=1, limit=100, error=errno.ENOSPC):
+        opened, failed = [], []
+        fake_os = types.ModuleType("os")
+        fake_os.__dict__.update(os.__dict__)
+
+        def fdopen(fd, mode="r", *args, **kwargs):
+            opened.append(fd)
+            if len(opened) == nth:
+                return io.BufferedWriter(FailingFile(fd, limit, error, failed))
+            return os.fdopen(fd, mode, *args, **kwargs)
+        fake_os.fdopen = fdopen
+        monkeypatch.setattr(checkpoint, "os", fake_os)
+        return failed
+    return fail
+
+
+def temp_files(folder: Path) -> list[Path]:
+    return [p for p in Path(folder).rglob("*") if p.name.endswith(".tmp")]
 
 
 def minimal_record(seed=0, **extra) -> dict:
@@ -47,6 +97,133 @@ def one_line(exc) -> str:
     msg = str(exc.value if hasattr(exc, "value") else exc)
     assert "\n" not in msg and "Traceback" not in msg
     return msg
+
+
+# ------------------------------------------------------------------------- 1. atomic writes
+WRITERS = {
+    "json": lambda path: checkpoint.atomic_write_json({"rows": list(range(5000))}, path),
+    "text": lambda path: checkpoint.atomic_write_text("| row |\n" * 5000, path),
+    "checkpoint": lambda path: checkpoint.atomic_save({"model": {"w": torch.arange(5000.0)}}, path),
+    "png": lambda path: _png(path),
+}
+
+
+def _png(path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots()
+    ax.plot(range(100))
+    checkpoint.atomic_savefig(fig, path, dpi=50)
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("kind", WRITERS)
+@pytest.mark.parametrize("old", [True, False], ids=["over an old file", "new file"])
+@pytest.mark.parametrize("error", [errno.EIO, errno.ENOSPC], ids=["EIO", "ENOSPC"])
+def test_a_write_failing_halfway_leaves_the_old_file_or_none_and_no_temp_file(tmp_path, failing_writes, kind,
+                                                                                old, error):
+    path = tmp_path / f"out.{ {'checkpoint': 'pt', 'text': 'md'}.get(kind, kind) }"
+    if old:
+        WRITERS[kind](path)
+    before = path.read_bytes() if old else None
+    failed = failing_writes(nth=1, limit=100, error=error)
+    with pytest.raises(OSError) as exc:
+        WRITERS[kind](path)
+    assert failed == [100]  # the fault hit mid-file, after 100 bytes were on disk
+    assert exc.value.errno == error
+    if error == errno.ENOSPC:
+        assert isinstance(exc.value, DiskFull) and one_line(exc) == f"no space left on device while writing {path}"
+    assert (path.read_bytes() if path.exists() else None) == before
+    assert [p.name for p in tmp_path.iterdir()] == ([path.name] if old else [])  # no temp file left
+
+
+KILLED_WRITER = r"""
+import io, os, sys, time, types
+import torch
+import kdbench
+from kdbench import checkpoint, results
+
+assert kdbench.__file__.startswith(sys.argv[3]), kdbench.__file__
+
+
+class Stalling(io.FileIO):
+    # writes the first 4096 bytes, tells the parent, then waits to be killed
+    def write(self, data):
+        if self.tell() >= 4096:
+            print("half written", flush=True)
+            time.sleep(600)
+        return super().write(bytes(memoryview(data)[:4096 - self.tell()]))
+
+
+fake_os = types.ModuleType("os")
+fake_os.__dict__.update(os.__dict__)
+fake_os.fdopen = lambda fd, mode="r": io.BufferedWriter(Stalling(fd, "wb"))
+checkpoint.os = fake_os
+kind, target = sys.argv[1], sys.argv[2]
+if kind == "checkpoint":
+    checkpoint.atomic_save({"model": {"w": torch.arange(1_000_000.0)}}, target)
+else:
+    record = {k: 0 for k in results.REQUIRED}
+    record.update(paper="dkd", preset="paper", pair="resnet32x4-resnet8x4", seed=0, best_top1=99.0,
+                  config={}, history=list(range(200_000)))
+    results.write(record, target)
+"""
+
+
+@pytest.mark.parametrize("kind", ["record", "checkpoint"])
+def test_a_writer_killed_mid_write_leaves_the_old_file_intact(tmp_path, kind):
+    if kind == "record":
+        target = tmp_path / "results"
+        path = results.write(minimal_record(best_top1=42.0), target)
+    else:
+        target = path = tmp_path / "checkpoint-main.pt"
+        checkpoint.atomic_save({"model": {"w": torch.ones(3)}}, path)
+    before = path.read_bytes()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, kind, str(target), str(ROOT)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        line = proc.stdout.readline()  # returns once the child is stalled halfway through its write
+        assert line == b"half written\n", proc.stderr.read().decode()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert path.read_bytes() == before
+    (tmp,) = temp_files(tmp_path)  # a killed process cannot clean up: its temp file stays ...
+    assert tmp.name.startswith(f".{path.name}.") and tmp.stat().st_size == 4096
+    if kind == "record":  # ... and no reader takes it for a record
+        (rec,) = results.load_all(target)
+        assert rec["best_top1"] == 42.0 and rec["_path"] == str(path)
+    else:
+        assert torch.equal(checkpoint.load(path)["model"]["w"], torch.ones(3))
+
+
+def big_record(seed: int, writer: int) -> dict:
+    """A record large enough (~0.5 MB) that concurrent writes overlap; its content names its writer."""
+    return minimal_record(seed=seed, writer=writer, history=[writer] * 100_000)
+
+
+def test_parallel_writers_lose_no_record_and_leave_one_complete_winner(tmp_path):
+    root = tmp_path / "results"
+    workers, per_worker, shared_seed = 4, 5, 999
+    distinct = [(big_record(w * per_worker + i, w), root) for w in range(workers) for i in range(per_worker)]
+    same = [(big_record(shared_seed, w), root) for w in range(workers) for _ in range(per_worker)]
+    tasks = [t for pair in zip(distinct, same) for t in pair]  # distinct and shared writes interleaved
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(workers)  # every worker is up before the first write: the writes overlap
+    with ctx.Pool(workers, initializer=barrier.wait) as pool:
+        paths = pool.starmap(results.write, tasks, chunksize=1)
+    assert len(set(paths)) == len(distinct) + 1
+    records = {r["seed"]: r for r in results.load_all(root)}  # every file is whole, valid JSON
+    assert len(records) == len(distinct) + 1
+    for rec, _ in distinct:
+        assert records[rec["seed"]]["writer"] == rec["writer"]
+        assert records[rec["seed"]]["history"] == rec["history"]
+    winner = records[shared_seed]
+    assert winner["writer"] in range(workers) and winner["history"] == [winner["writer"]] * 100_000
+    assert temp_files(root) == []
 
 
 # -------------------------------------------------------------------------- 2. trusted loading
@@ -314,4 +491,50 @@ def test_resume_from_a_damaged_or_foreign_checkpoint_is_one_line(tmp_path, damag
     with pytest.raises(CheckpointError) as exc:
         tiny_fit(tmp_path, epochs=2, resume=True, classes=100 if damage == "another model" else 10)
     assert one_line(exc).startswith(f"checkpoint {path} ") and needle in str(exc.value)
+
+
+# ------------------------------------------------------------------------------- 4. full disk
+def test_a_full_disk_mid_checkpoint_fails_the_run_with_the_last_good_checkpoint_intact(tmp_path, failing_writes):
+    reference = tiny_fit(tmp_path / "reference", epochs=2)  # what epoch 2 leaves
+    good = (tmp_path / "reference" / "checkpoint-main.pt").stat().st_size
+    failed = failing_writes(nth=3, limit=good // 2)  # the disk fills halfway through epoch 3's checkpoint
+    run_dir = tmp_path / "run"
+    with pytest.raises(DiskFull) as exc:
+        tiny_fit(run_dir, epochs=3)
+    assert failed == [good // 2]
+    path = run_dir / "checkpoint-main.pt"
+    assert one_line(exc) == f"no space left on device while writing {path}"
+    saved = checkpoint.load(path)
+    assert saved["trainer"]["epoch"] == 2
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(saved["model"][key], value, rtol=0, atol=0, msg=key)
+    assert temp_files(tmp_path) == []
+
+
+TINY = ["--set", "data_subset.train_per_class=2", "--set", "data_subset.test_per_class=1", "--set", "train.epochs=2",
+        "--latency-iters", "2"]
+
+
+def test_a_full_disk_reaches_the_cli_as_one_line_and_the_run_resumes_afterwards(sandbox, capsys, monkeypatch,
+                                                                                 failing_writes, one_thread_module):
+    from kdbench.cli import main
+    argv = ["reproduce", "vanilla", "--preset", "smoke", "--pair", "resnet8", *TINY]
+    run_dir = sandbox / "runs" / "vanilla" / "smoke" / "resnet8" / "seed0"
+    path = run_dir / "checkpoint-main.pt"
+    failing_writes(nth=2, limit=1000)  # epoch 2's checkpoint
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err == f"kdbench: error: no space left on device while writing {path}\n"
+    assert checkpoint.load(path)["trainer"]["epoch"] == 1 and temp_files(sandbox) == []
+    assert not (sandbox / "results").exists() and not (run_dir / "complete.json").exists()
+    good = path.read_bytes()
+    path.write_bytes(good[:len(good) // 2])  # and then the last checkpoint is damaged as well
+    assert main([*argv, "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"kdbench: error: checkpoint {path} is truncated") and err.count("\n") == 1
+    path.write_bytes(good)
+    monkeypatch.setattr(checkpoint, "os", os)  # the disk has room again
+    assert main([*argv, "--resume"]) == 0
+    (rec,) = results.load_all(sandbox / "results")
+    assert rec["epochs"] == 2 and [h["epoch"] for h in checkpoint.load(path)["trainer"]["history"]] == [1, 2]
 
