@@ -24,7 +24,7 @@ def _list(args) -> int:
 
 
 def _reproduce(args) -> int:
-    from . import distributed
+    from . import distributed, results
     from .config import parse_overrides
     from .parallel import auto_parallel, run_side_by_side
     from .registry import get_paper, papers
@@ -92,7 +92,7 @@ def _reproduce(args) -> int:
             pending += up.config.upstream()
             note = upstream_note(run_dir_of(up.config), up.config)
             if note:
-                done.setdefault(up.config.digest(), {**json.loads(Path(note["record"]).read_text())})
+                done.setdefault(up.config.digest(), results.read_json(Path(note["record"]), "results record"))
     print(json.dumps([{k: r[k] for k in ("paper", "preset", "pair", "seed", "best_top1", "best_epoch",
                                          "last_top1", "wall_time_s")} for r in records], indent=2))
     return 0

@@ -1,7 +1,7 @@
 """Reliability of what kdbench writes and loads, each promise proved by injecting its fault:
-atomic writes (a write failing or killed halfway, writers in parallel), trusted loading of checkpoints
-and teachers (truncated, bit-flipped, another architecture, another number of classes, not a
-checkpoint, replaced after the fact) and a disk that fills up in training."""
+atomic writes (a write failing or killed halfway, writers in parallel), readers of damaged records,
+trusted loading of checkpoints and teachers (truncated, bit-flipped, another architecture, another
+number of classes, not a checkpoint, replaced after the fact) and a disk that fills up in training."""
 import errno
 import io
 import json
@@ -24,7 +24,7 @@ from kdbench import checkpoint, results, teachers, upstream
 from kdbench.config import TrainConfig, UpstreamRun, resolve
 from kdbench.data.loader import DeviceLoader
 from kdbench.distiller import Vanilla
-from kdbench.errors import CheckpointError, DiskFull
+from kdbench.errors import CheckpointError, DiskFull, UsageError
 from kdbench.models import create_model
 from kdbench.registry import get_paper
 from kdbench.train import fit
@@ -224,6 +224,39 @@ def test_parallel_writers_lose_no_record_and_leave_one_complete_winner(tmp_path)
     winner = records[shared_seed]
     assert winner["writer"] in range(workers) and winner["history"] == [winner["writer"]] * 100_000
     assert temp_files(root) == []
+
+
+# -------------------------------------------------------------- 1c. readers of damaged records
+@pytest.mark.parametrize("content, needle", [
+    ("{\"paper\": \"dkd\", \"pre", "is unreadable (Unterminated string"),  # a partial file
+    ("", "is unreadable (Expecting value"),
+    ("[1, 2]", "holds a JSON list, not an object"),
+    (b"\xff\xfe\x00", "is unreadable ("),
+    (json.dumps({**minimal_record(), "schema": 0}), "has schema 0; this kdbench reads schema 1"),
+    (json.dumps({"schema": 1, "paper": "dkd"}), "lacks ['method', 'dataset'"),
+])
+def test_a_damaged_record_is_one_line_naming_it_and_a_temp_file_is_ignored(tmp_path, content, needle):
+    root = tmp_path / "results"
+    good = results.write(minimal_record(seed=0), root)
+    (good.parent / ".seed0.json.x1y2.tmp").write_text('{"schema": 1, "pa')  # an interrupted write
+    assert [r["seed"] for r in results.load_all(root)] == [0]
+    bad = good.with_name("seed1.json")
+    bad.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(UsageError) as exc:
+        results.load_all(root)
+    assert needle in one_line(exc) and str(bad) in str(exc.value)
+
+
+def test_check_and_leaderboard_refuse_a_damaged_record_and_write_nothing(sandbox, capsys):
+    from kdbench.cli import main
+    path = results.write(minimal_record(), sandbox / "results")
+    path.write_text(path.read_text()[:50])  # truncated
+    out = sandbox / "lb"
+    for argv in (["check"], ["leaderboard", "--out", str(out)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"kdbench: error: results record {path} is unreadable") and err.count("\n") == 1
+    assert not out.exists()
 
 
 # -------------------------------------------------------------------------- 2. trusted loading
