@@ -76,6 +76,8 @@ def build_distiller(paper: Paper, cfg: RunConfig, student, teacher, dry: bool = 
     if unknown:
         raise UsageError(f"malformed config: unknown method option(s) {sorted(unknown)} for {cls.__name__}; "
                          f"valid: {', '.join(valid)}")
+    for name, value in cfg.method.items():
+        _check_option(cls, name, params[name].annotation, value)
     if dry:
         if cfg.kd and cfg.teacher is None:
             raise UsageError(f"{cfg.paper}: +kd needs a teacher, and pair {cfg.pair!r} has none")
@@ -83,6 +85,22 @@ def build_distiller(paper: Paper, cfg: RunConfig, student, teacher, dry: bool = 
     extra = {"data": data} if "data" in params else {}
     distiller = cls(student, teacher, **cfg.method, **extra)
     return add_kd(distiller, **cfg.kd) if cfg.kd else distiller
+
+
+_OPTION_TYPES = {"float": ((int, float), "a number"), "int": ((int,), "an integer"),
+                 "bool": ((bool,), "true or false"), "str": ((str,), "a string")}
+
+
+def _check_option(cls, name: str, annotation, value) -> None:
+    """A method option of the wrong type (``--set method.beta=abc``) fails before any work. Checked for
+    options annotated float, int, bool or str (optionally ``| None``); others are the method's to check."""
+    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    base = kind.removesuffix(" | None")
+    if base not in _OPTION_TYPES or (value is None and kind.endswith(" | None")):
+        return
+    types, what = _OPTION_TYPES[base]
+    if not isinstance(value, types) or (base != "bool" and isinstance(value, bool)):
+        raise UsageError(f"malformed config: method option {name}={value!r} of {cls.__name__}; it must be {what}")
 
 
 def loaders_for(cfg: RunConfig, train: TrainConfig, device, channels_last: bool, seed: int | None = None,

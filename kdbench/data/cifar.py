@@ -30,7 +30,7 @@ from struct import pack
 import numpy as np
 import torch
 
-from . import DatasetUnavailable, data_root
+from . import DatasetUnavailable, data_root, missing_folders, remove_empty
 
 
 @dataclass(frozen=True)
@@ -278,6 +278,7 @@ def ensure_cifar(name: str, root: Path | None = None, download: bool = True) -> 
     if not download:
         raise _unavailable(name, folder, "downloading is disabled")
     src = source(name)
+    created = missing_folders(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         download_url(src["url"], str(folder), src["filename"], src["md5"])
@@ -293,8 +294,7 @@ def ensure_cifar(name: str, root: Path | None = None, download: bool = True) -> 
                 shutil.rmtree(target)
             os.replace(Path(tmp) / src["folder"], target)
     except _DOWNLOAD_ERRORS as exc:
-        if folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()  # leave no empty folder behind
+        remove_empty(created)  # leave no empty folder behind (nor the data root, if it was not there)
         raise _unavailable(name, folder, f"{type(exc).__name__}: {exc}") from None
     if not is_complete(folder, name):
         raise _unavailable(name, folder, "files do not match their md5 after extraction")

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import DatasetUnavailable, data_root
+from . import DatasetUnavailable, data_root, missing_folders, remove_empty
 
 RAW = Path("MNIST", "raw")  # torchvision's raw_folder, relative to the dataset root
 FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -147,10 +147,12 @@ def ensure_mnist(root: Path | None = None, download_ok: bool = True) -> Path:
         return folder
     if not download_ok:
         raise _unavailable(folder, "downloading is disabled")
+    created = missing_folders(folder / RAW)  # what torchvision's download creates
     try:
         folder.mkdir(parents=True, exist_ok=True)
         download(folder)
     except (OSError, RuntimeError, EOFError) as exc:  # network/file errors; torchvision's md5 failure
+        remove_empty(created)  # leave no empty folder behind (nor the data root, if it was not there)
         raise _unavailable(folder, f"{type(exc).__name__}: {exc}") from None
     if not is_complete(folder):
         raise _unavailable(folder, "the download left incomplete files")
