@@ -1,8 +1,9 @@
 """Reliability of what kdbench writes and loads, each promise proved by injecting its fault:
 atomic writes (a write failing or killed halfway, writers in parallel), readers of damaged records,
-trusted loading of checkpoints and teachers (truncated, bit-flipped, another architecture, another
+trusted loading of checkpoints and datasets (truncated, bit-flipped, another architecture, another
 number of classes, not a checkpoint, replaced after the fact) and a disk that fills up in training."""
 import errno
+import hashlib
 import io
 import json
 import multiprocessing
@@ -16,6 +17,7 @@ import types
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -91,6 +93,10 @@ def flip_middle_of_largest_tensor(path: Path) -> None:
                            for k in (26, 28))
     raw[info.header_offset + 30 + name_len + extra_len + info.file_size // 2] ^= 0x10
     path.write_bytes(bytes(raw))
+
+
+def md5_of(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def one_line(exc) -> str:
@@ -483,6 +489,61 @@ def test_upstream_weights_that_do_not_fit_and_a_damaged_note_are_one_line(sandbo
     one_line(exc)
 
 
+# ------------------------------------------------- datasets: md5 checked on every use, not only at download
+def flip_byte(path: Path, at: float = 0.5) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[int(len(raw) * at)] ^= 0x10
+    path.write_bytes(bytes(raw))
+
+
+def offline(calls):
+    def download(*args, **kwargs):
+        calls.append(args)  # what torchvision does when the network is down
+        raise OSError("network is unreachable")
+    return download
+
+
+def test_a_local_cifar_file_that_no_longer_matches_its_md5_is_not_used(sandbox, monkeypatch):
+    from kdbench.data import DatasetUnavailable, cifar, load_split
+    folder = sandbox / "data" / "cifar100"  # placed there by hand: never downloaded here
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        return rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), np.arange(n) % 100, np.arange(n) % 20, [b"x"] * n
+    cifar.write_dataset(folder, "cifar100", split(4), split(2), [f"c{i}" for i in range(100)],
+                        [f"g{i}" for i in range(20)])
+    files = {f: md5_of(folder / "cifar-100-python" / f) for f in ("train", "test", "meta")}
+    monkeypatch.setitem(cifar.SOURCES, "cifar100", {**cifar.source("cifar100"), "files": files})
+    calls = []
+    monkeypatch.setattr(cifar, "download_url", offline(calls))
+    assert len(load_split("cifar100", True)[1]) == 4 and calls == []  # intact: used as is
+    flip_byte(folder / "cifar-100-python" / "train")
+    with pytest.raises(DatasetUnavailable, match="is missing from .* could not be downloaded") as exc:
+        load_split("cifar100", True)
+    one_line(exc)
+    assert len(calls) == 1  # the damaged file was not read: kdbench tried to download it again
+
+
+def test_a_local_mnist_archive_that_no_longer_matches_its_md5_is_not_used(sandbox, monkeypatch):
+    from kdbench.data import DatasetUnavailable, load_split, mnist
+    folder = sandbox / "data" / "mnist"  # placed there by hand: never downloaded here
+    rng = np.random.default_rng(0)
+    train = (rng.integers(0, 256, (6, 28, 28), dtype=np.uint8), np.arange(6, dtype=np.uint8) % 10)
+    mnist.write_dataset(folder, train, (train[0][:2], train[1][:2]))
+    md5 = {p.name: md5_of(p) for p in (folder / mnist.RAW).glob("*.gz")}
+    monkeypatch.setattr(mnist, "md5s", lambda: md5)
+    calls = []
+    monkeypatch.setattr(mnist, "download", lambda folder: calls.append(folder))  # files there: torchvision skips
+    flip_byte(folder / mnist.RAW / "train-images-idx3-ubyte", at=0.9)  # an extracted file, not an archive
+    images, _ = load_split("mnist", True)
+    assert torch.equal(images[:, 0], torch.from_numpy(train[0])) and calls == []  # read from the verified archive
+    flip_byte(folder / mnist.RAW / "train-images-idx3-ubyte.gz", at=0.9)
+    with pytest.raises(DatasetUnavailable) as exc:
+        load_split("mnist", True)
+    assert "train-images-idx3-ubyte.gz missing or not matching its md5" in one_line(exc)
+    assert f"delete {folder / mnist.RAW} to download it again" in str(exc.value)
+
+
 # ------------------------------------------------------------------------------ resume of a run
 # the tiny training setup of tests/test_train.py
 def tiny_net(classes=10):
@@ -570,4 +631,3 @@ def test_a_full_disk_reaches_the_cli_as_one_line_and_the_run_resumes_afterwards(
     assert main([*argv, "--resume"]) == 0
     (rec,) = results.load_all(sandbox / "results")
     assert rec["epochs"] == 2 and [h["epoch"] for h in checkpoint.load(path)["trainer"]["history"]] == [1, 2]
-

@@ -223,7 +223,8 @@ def source(name: str) -> dict:
 _VERIFIED: dict[tuple, bool] = {}  # (path, size, mtime) -> md5 ok; a file is hashed once per process
 
 
-def _intact(path: Path, md5: str) -> bool:
+def intact(path: Path, md5: str) -> bool:
+    """``path`` exists and has this md5 (hashed once per process while its size and mtime stay)."""
     from torchvision.datasets.utils import check_integrity
     try:
         st = path.stat()
@@ -237,7 +238,7 @@ def _intact(path: Path, md5: str) -> bool:
 
 def is_complete(folder: Path, name: str) -> bool:
     src = source(name)
-    return all(_intact(Path(folder) / src["folder"] / f, md5) for f, md5 in src["files"].items())
+    return all(intact(Path(folder) / src["folder"] / f, md5) for f, md5 in src["files"].items())
 
 
 DOWNLOAD_TIMEOUT = 60.0  # seconds without progress before a download is abandoned
