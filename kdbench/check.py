@@ -13,7 +13,6 @@
 """
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from collections import defaultdict
@@ -58,7 +57,7 @@ def evaluate(records: list[dict], paper_ids=None, tolerance: float | None = None
         if paper_ids and paper.id not in paper_ids:
             continue
         ref_path = paper.folder / SMOKE_REFERENCE
-        smoke_refs = json.loads(ref_path.read_text()) if ref_path.exists() else {}
+        smoke_refs = results.read_json(ref_path, "smoke reference") if ref_path.exists() else {}
         for preset in paper.presets:
             targets = paper.targets(preset)
             for pair in paper.pairs(preset):

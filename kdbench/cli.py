@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 
-from .errors import TrainingFailed, Unavailable, UsageError
+from .errors import CheckpointError, DiskFull, TrainingFailed, Unavailable, UsageError
 
 
 def _list(args) -> int:
@@ -22,7 +24,7 @@ def _list(args) -> int:
 
 
 def _reproduce(args) -> int:
-    from . import determinism, distributed
+    from . import determinism, distributed, results
     if args.deterministic:  # before anything creates a CUDA context (kdbench.determinism)
         determinism.enable()
     from .config import parse_overrides
@@ -30,18 +32,16 @@ def _reproduce(args) -> int:
     from .registry import get_paper, papers
     from .reproduce import pick_device, plan, run_dir_of, run_one
     from .upstream import completed as upstream_note
+    for flag, value in (("--seeds", args.seeds), ("--parallel", args.parallel), ("--latency-iters", args.latency_iters)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be at least 1, got {value}")
+    seeds = _seeds(args.seed) if args.seed is not None else list(range(args.seeds))
     preset = args.preset
     if args.paper == "all":  # every paper that has this preset (CI runs all smoke presets this way)
         chosen = [p for p in papers().values() if preset in p.presets]
     else:
         chosen = [get_paper(args.paper)]
         chosen[0].preset(preset)
-    if args.seed is not None:
-        seeds = [int(s) for s in str(args.seed).split(",")]
-    else:
-        if args.seeds < 1:
-            raise UsageError("--seeds must be at least 1")
-        seeds = list(range(args.seeds))
     overrides = parse_overrides(args.set)
     jobs = []
     for paper in chosen:
@@ -63,8 +63,6 @@ def _reproduce(args) -> int:
                     log=print if distributed.is_main() else (lambda msg: None))
         return 0
     device = pick_device(args.device)
-    if args.parallel is not None and args.parallel < 1:
-        raise UsageError("--parallel must be at least 1")
     parallel = args.parallel if args.parallel is not None else auto_parallel(device, len(jobs))
     if parallel > 1 and any(cfg.upstream() for _, cfg in jobs):
         print("runs that build on other runs (teacher_from / init_from) run one after the other, "
@@ -92,10 +90,31 @@ def _reproduce(args) -> int:
             pending += up.config.upstream()
             note = upstream_note(run_dir_of(up.config), up.config)
             if note:
-                done.setdefault(up.config.digest(), {**json.loads(Path(note["record"]).read_text())})
+                done.setdefault(up.config.digest(), results.read_json(Path(note["record"]), "results record"))
     print(json.dumps([{k: r[k] for k in ("paper", "preset", "pair", "seed", "best_top1", "best_epoch",
                                          "last_top1", "wall_time_s")} for r in records], indent=2))
     return 0
+
+
+def _seeds(text: str) -> list[int]:
+    """``--seed 0,3`` -> [0, 3]."""
+    try:
+        seeds = [int(s) for s in str(text).split(",")]
+    except ValueError:
+        raise UsageError(f"--seed takes seeds separated by commas, e.g. 0,1,2; got {text!r}") from None
+    if any(s < 0 for s in seeds):
+        raise UsageError(f"--seed takes seeds of 0 or more; got {text!r}")
+    return seeds
+
+
+def _models(names) -> None:
+    """An unknown model name is bad input (exit 2), before any work."""
+    from .models import resolve_name
+    for name in names:
+        try:
+            resolve_name(name)
+        except KeyError as exc:
+            raise UsageError(exc.args[0]) from None
 
 
 def _leaderboard(args) -> int:
@@ -107,6 +126,9 @@ def _leaderboard(args) -> int:
 
 def _check(args) -> int:
     from .check import bless_smoke, run_check
+    from .registry import get_paper
+    for paper in args.paper or ():
+        get_paper(paper)  # an unknown paper is an error, not an empty check that passes
     results_dir = Path(args.results_dir) if args.results_dir else None
     if args.bless_smoke:
         for path in bless_smoke(results_dir, papers=args.paper):
@@ -117,6 +139,15 @@ def _check(args) -> int:
 
 def _bench(args) -> int:
     from .bench import bench
+    from .data import DATASETS
+    if "-" not in args.pair:
+        raise UsageError(f"--pair takes <teacher>-<student>, got {args.pair!r}")
+    _models(args.pair.split("-", 1))
+    if args.dataset is not None and args.dataset not in DATASETS:
+        raise UsageError(f"unknown dataset {args.dataset!r}; choose from: {', '.join(sorted(DATASETS))}")
+    for flag, value in (("--batch-size", args.batch_size), ("--steps", args.steps)):
+        if value < 1:
+            raise UsageError(f"{flag} must be at least 1, got {value}")
     out = bench(pair=args.pair, batch_size=args.batch_size, steps=args.steps, device=args.device, as_json=args.json,
           amp=args.amp, channels_last=args.channels_last, dataset=args.dataset, workers=args.workers,
           reference=not args.no_reference, cache=not args.no_cache, compile=args.compile, fused=args.fused)
@@ -133,6 +164,9 @@ def _sweep(args) -> int:
 
 def _profile(args) -> int:
     from .profiles import record_profiles
+    _models(args.models)
+    if args.iters < 1:
+        raise UsageError(f"--iters must be at least 1, got {args.iters}")
     print(f"wrote {record_profiles(args.models or None, device=args.device, iters=args.iters)}")
     return 0
 
@@ -238,11 +272,19 @@ def main(argv=None) -> int:
     except UsageError as exc:
         print(f"kdbench: error: {exc}", file=sys.stderr)
         return 2
-    except Unavailable as exc:  # a dataset or teacher that is missing and cannot be downloaded
+    # a dataset or teacher that is missing and cannot be downloaded; a checkpoint that is damaged, altered
+    # or does not fit; a file that could not be written for lack of space (its previous version is intact)
+    except (Unavailable, CheckpointError, DiskFull) as exc:
         print(f"kdbench: error: {exc}", file=sys.stderr)
         return 1
     except TrainingFailed as exc:  # a non-finite loss or weight (kdbench.guard): no record was written
         print(f"kdbench: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a full disk outside the atomic writers (e.g. appending to a log)
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"kdbench: error: {os.strerror(exc.errno).lower()}"
+              + (f" while writing {exc.filename}" if exc.filename else ""), file=sys.stderr)
         return 1
 
 

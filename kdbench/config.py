@@ -13,6 +13,8 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass, field
 
 import yaml
@@ -180,6 +182,30 @@ def merge(base: dict, *overrides: dict) -> dict:
     return out
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+# TrainConfig's field types (their annotations) -> (check, what the value must be)
+_TYPES = {"int": (_is_int, "an integer"), "float": (_is_number, "a finite number"),
+          "bool": (lambda v: isinstance(v, bool), "true or false"), "str": (lambda v: isinstance(v, str), "a string"),
+          "list[int]": (lambda v: isinstance(v, list) and all(map(_is_int, v)), "a list of integers, e.g. [150, 180]"),
+          "list": (lambda v: isinstance(v, list), "a list, e.g. [best]")}
+
+
+def _check_types(where: str, raw: dict) -> None:
+    """A value of the wrong type (``train.lr=[1]``, ``train.milestones=5``) fails here, before any work,
+    instead of deep inside a run."""
+    for f in dataclasses.fields(TrainConfig):
+        check, what = _TYPES[str(f.type)]
+        if f.name in raw and not check(raw[f.name]):
+            raise UsageError(f"malformed config: {where}.{f.name}={raw[f.name]!r}; it must be {what}")
+
+
 def make_train(where: str, raw: dict) -> TrainConfig:
     _strict(where, raw, TRAIN_KEYS)
     required = {f.name for f in dataclasses.fields(TrainConfig)
@@ -187,6 +213,7 @@ def make_train(where: str, raw: dict) -> TrainConfig:
     missing = required - set(raw)
     if missing:
         raise UsageError(f"malformed config: {where} lacks {sorted(missing)}")
+    _check_types(where, raw)
     cfg = TrainConfig(**raw)
     if cfg.amp not in AMP_CHOICES:
         raise UsageError(f"malformed config: {where}.amp={cfg.amp!r}; choose from: {', '.join(sorted(AMP_CHOICES))}")
@@ -200,9 +227,11 @@ def make_train(where: str, raw: dict) -> TrainConfig:
         raise UsageError(f"malformed config: {where}.max_skipped_steps must be a non-negative integer")
     if cfg.channels_last not in {"auto", "on", "off"}:
         raise UsageError(f"malformed config: {where}.channels_last={cfg.channels_last!r}; choose from: auto, off, on")
-    for name in ("epochs", "batch_size"):
-        if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 1:
+    for name in ("epochs", "batch_size", "test_batch_size", "eval_every"):
+        if getattr(cfg, name) < 1:
             raise UsageError(f"malformed config: {where}.{name} must be a positive integer")
+    if cfg.warmup_epochs < 0:
+        raise UsageError(f"malformed config: {where}.warmup_epochs must be 0 or more")
     for keep in cfg.keep_checkpoints:
         if keep != "best" and not (isinstance(keep, int) and 1 <= keep <= cfg.epochs):
             raise UsageError(f"malformed config: {where}.keep_checkpoints holds {keep!r}; "
@@ -239,8 +268,12 @@ def _upstream(paper_id: str, spec: dict, preset: str, pair: str, seed: int, over
     return UpstreamRun(up, checkpoint_name(checkpoint), config)
 
 
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # 5e-4, which YAML 1.1 reads as a string
+
+
 def parse_overrides(items: list[str]) -> dict:
-    """``["train.lr=0.1", "method.beta=2"]`` -> nested dict (values parsed as YAML)."""
+    """``["train.lr=0.1", "method.beta=2"]`` -> nested dict (values parsed as YAML; ``5e-4`` as the
+    number it means)."""
     out: dict = {}
     for item in items or []:
         if "=" not in item:
@@ -250,7 +283,13 @@ def parse_overrides(items: list[str]) -> dict:
         keys = path.split(".")
         for key in keys[:-1]:
             node = node.setdefault(key, {})
-        node[keys[-1]] = yaml.safe_load(value)
+            if not isinstance(node, dict):
+                raise UsageError(f"malformed override {item!r}: another --set gives {key} a value, not keys")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise UsageError(f"malformed override {item!r}: {str(exc).splitlines()[0]}") from None
+        node[keys[-1]] = float(parsed) if isinstance(parsed, str) and _EXPONENT.fullmatch(parsed) else parsed
     return out
 
 
@@ -264,6 +303,9 @@ def resolve(paper_id: str, spec: dict, preset: str, pair: str, seed: int, overri
     _strict(f"{paper_id}.presets.{preset}.pairs.{pair}", pair_raw, PAIR_KEYS)
     overrides = overrides or {}
     _strict("--set", overrides, {"train", "method", "teacher_train", "teacher_source", "dataset", "data_subset", "kd"})
+    for key in ("train", "method", "teacher_train", "data_subset", "kd"):
+        if not isinstance(overrides.get(key, {}), dict):
+            raise UsageError(f"malformed override {key}={overrides[key]!r}: {key} takes keys, e.g. --set {key}.<key>=<value>")
     defaults = spec.get("defaults", {})
     train = merge(defaults.get("train", {}), p.get("train", {}), pair_raw.get("train", {}), overrides.get("train", {}))
     method = merge(defaults.get("method", {}), p.get("method", {}), pair_raw.get("method", {}), overrides.get("method", {}))
@@ -315,11 +357,21 @@ def resolve(paper_id: str, spec: dict, preset: str, pair: str, seed: int, overri
         student=student, teacher=teacher, teacher_source=source, method=method,
         train=make_train(f"{paper_id}.presets.{preset}.train", train), stages=stages,
         teacher_train=teacher_train, seed=seed, statistic=spec.get("statistic", "best"),
-        data_subset=merge(p.get("data_subset") or {}, overrides.get("data_subset", {})) or None, kd=kd,
+        data_subset=_subset(paper_id, merge(p.get("data_subset") or {}, overrides.get("data_subset", {})) or None), kd=kd,
         augment=augment, teacher_augment=teacher_augment, teacher_checkpoint=checkpoint, teacher_from=teacher_from,
         teacher_ensemble=ensemble,
         init_from=init_from, sampler=_sampler(paper_id, pair_raw.get("sampler", p.get("sampler", "random"))),
     )
+
+
+def _subset(paper_id: str, subset: dict | None) -> dict | None:
+    from .data import SUBSET_KEYS
+    if subset is not None:
+        _strict(f"{paper_id} data_subset", subset, set(SUBSET_KEYS))
+        for key, value in subset.items():
+            if value is not None and (not _is_int(value) or value < 1):
+                raise UsageError(f"malformed config: {paper_id} data_subset.{key}={value!r}; it must be a positive integer")
+    return subset
 
 
 def _sampler(paper_id: str, name: str) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from . import results
-from .checkpoint import atomic_write_text
+from .checkpoint import atomic_savefig, atomic_write_text
 from .check import evaluate_claims, group_records, record_problem
 from .models import resolve_name
 from .profiles import load_profiles
@@ -149,15 +149,18 @@ def plots(points, out_dir: Path, device: str | None) -> list[str]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out_dir / fname, dpi=110)
+        atomic_savefig(fig, out_dir / fname, dpi=110)
         plt.close(fig)
         names.append(fname)
     return names
 
 
 def build(results_dir: Path | None = None, out_dir: Path = Path("leaderboard")) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write the pages and plots into ``out_dir``; every input is read (and any bad one refused) before
+    the first file is written, and each file is replaced atomically."""
+    from .performance import load_bench, render
     records = results.load_all(results_dir)
+    performance = render(load_bench(results_dir))
     groups = group_records(records)
     profiles = load_profiles(results_dir)
     prof_table = _profile_lookup(profiles)
@@ -180,6 +183,5 @@ def build(results_dir: Path | None = None, out_dir: Path = Path("leaderboard")) 
     text = "\n".join([HEADER, *foot, "", *links, "", *sections])
     path = out_dir / "README.md"
     atomic_write_text(text.rstrip() + "\n", path)
-    from .performance import load_bench, render
-    atomic_write_text(render(load_bench(results_dir)), out_dir / "performance.md")
+    atomic_write_text(performance, out_dir / "performance.md")
     return path

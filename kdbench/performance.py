@@ -8,7 +8,6 @@ the device that was measured*. No GPU figure is written without a GPU measuremen
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -30,7 +29,7 @@ def record_bench(out: dict, root: Path | None = None) -> Path:
 
 
 def load_bench(root: Path | None = None) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(bench_dir(root).glob("*.json"))]
+    return [results.read_json(p, "bench record") for p in sorted(bench_dir(root).glob("*.json"))]
 
 
 def _f(v, nd=1):

@@ -2,7 +2,6 @@
 with provenance under ``results/profiles/`` (``kdbench profile``)."""
 from __future__ import annotations
 
-import json
 import re
 import time
 from pathlib import Path
@@ -47,7 +46,7 @@ def record_profiles(models=None, *, device=None, num_classes: int = 100, iters: 
 def load_profiles(root: Path | None = None) -> list[dict]:
     out = []
     for path in sorted(profile_dir(root).glob("*.json")):
-        rec = json.loads(path.read_text())
+        rec = results.read_json(path, "model profile")
         rec["_path"] = str(path)
         out.append(rec)
     return out

@@ -206,20 +206,39 @@ def reproductions_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def parse_paper(path: Path) -> Paper:
+    """One ``paper.yaml``; a file that is not valid YAML or lacks the structure every command relies
+    on (metadata; presets, each with a dataset and its pairs) is one line naming it."""
+    try:
+        spec = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        raise UsageError(f"malformed config {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(spec, dict) or not {"paper", "title", "method", "presets"} <= set(spec):
+        raise UsageError(f"malformed config {path}: needs at least 'paper', 'title', 'method', 'presets'")
+    unknown = set(spec) - PAPER_KEYS
+    if unknown:
+        raise UsageError(f"malformed config {path}: unknown key(s) {sorted(unknown)}; valid: {', '.join(sorted(PAPER_KEYS))}")
+    if not isinstance(spec["paper"], str) or not isinstance(spec["method"], str) or ":" not in spec["method"]:
+        raise UsageError(f"malformed config {path}: 'paper' must be a name and 'method' a <module>:<class>")
+    if not isinstance(spec["presets"], dict) or not spec["presets"]:
+        raise UsageError(f"malformed config {path}: 'presets' must map preset names to presets")
+    for name, preset in spec["presets"].items():
+        pairs = preset.get("pairs") if isinstance(preset, dict) else None
+        if not isinstance(pairs, dict) or not pairs or "dataset" not in preset \
+                or not all(v is None or isinstance(v, dict) for v in pairs.values()):
+            raise UsageError(f"malformed config {path}: preset {name!r} needs a 'dataset' and 'pairs' mapping each "
+                             "pair to its settings (or nothing)")
+    return Paper(spec["paper"], Path(path).parent, spec)
+
+
 @functools.lru_cache(maxsize=None)
 def papers() -> dict[str, Paper]:
     out = {}
     for path in sorted(reproductions_dir().glob("*/paper.yaml")):
-        try:
-            spec = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise UsageError(f"malformed config {path}: {str(exc).splitlines()[0]}") from None
-        if not isinstance(spec, dict) or "paper" not in spec or "presets" not in spec:
-            raise UsageError(f"malformed config {path}: needs at least 'paper', 'title', 'method', 'presets'")
-        unknown = set(spec) - PAPER_KEYS
-        if unknown:
-            raise UsageError(f"malformed config {path}: unknown key(s) {sorted(unknown)}; valid: {', '.join(sorted(PAPER_KEYS))}")
-        out[spec["paper"]] = Paper(spec["paper"], path.parent, spec)
+        paper = parse_paper(path)
+        if paper.id in out:
+            raise UsageError(f"malformed config {path}: paper {paper.id!r} is also {out[paper.id].folder / 'paper.yaml'}")
+        out[paper.id] = paper
     return out
 
 

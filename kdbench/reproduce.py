@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import determinism, distributed, results, teachers, upstream
+from . import checkpoint, determinism, distributed, results, teachers, upstream
 from . import resume as resuming
 from .config import RunConfig, TrainConfig, resolve
 from .data import DATASETS, make_loaders
@@ -77,6 +77,8 @@ def build_distiller(paper: Paper, cfg: RunConfig, student, teacher, dry: bool = 
     if unknown:
         raise UsageError(f"malformed config: unknown method option(s) {sorted(unknown)} for {cls.__name__}; "
                          f"valid: {', '.join(valid)}")
+    for name, value in cfg.method.items():
+        _check_option(cls, name, params[name].annotation, value)
     if dry:
         if cfg.kd and cfg.teacher is None:
             raise UsageError(f"{cfg.paper}: +kd needs a teacher, and pair {cfg.pair!r} has none")
@@ -84,6 +86,22 @@ def build_distiller(paper: Paper, cfg: RunConfig, student, teacher, dry: bool = 
     extra = {"data": data} if "data" in params else {}
     distiller = cls(student, teacher, **cfg.method, **extra)
     return add_kd(distiller, **cfg.kd) if cfg.kd else distiller
+
+
+_OPTION_TYPES = {"float": ((int, float), "a number"), "int": ((int,), "an integer"),
+                 "bool": ((bool,), "true or false"), "str": ((str,), "a string")}
+
+
+def _check_option(cls, name: str, annotation, value) -> None:
+    """A method option of the wrong type (``--set method.beta=abc``) fails before any work. Checked for
+    options annotated float, int, bool or str (optionally ``| None``); others are the method's to check."""
+    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    base = kind.removesuffix(" | None")
+    if base not in _OPTION_TYPES or (value is None and kind.endswith(" | None")):
+        return
+    types, what = _OPTION_TYPES[base]
+    if not isinstance(value, types) or (base != "bool" and isinstance(value, bool)):
+        raise UsageError(f"malformed config: method option {name}={value!r} of {cls.__name__}; it must be {what}")
 
 
 def loaders_for(cfg: RunConfig, train: TrainConfig, device, channels_last: bool, seed: int | None = None,
@@ -160,11 +178,12 @@ def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool 
     train_loader, test_loader, _ = loaders_for(cfg, cfg.train, device, channels_last)  # data first: fail early
     if members:  # the mean logits of the students of several upstream runs
         teacher = upstream.LogitEnsemble([create_model(u.config.student, num_classes=num_classes)
-                                          for u in cfg.teacher_ensemble], [state for state, _ in members])
+                                          for u in cfg.teacher_ensemble], [state for state, _ in members],
+                                         [info["path"] for _, info in members])
         teacher, teacher_info = teacher.to(device), {"source": "run", "ensemble": [info for _, info in members]}
     elif "teacher" in weights:  # the student of an upstream run of this preset
-        teacher = create_model(cfg.teacher, num_classes=num_classes)
-        teacher.load_state_dict(weights["teacher"][0], strict=True)
+        teacher = checkpoint.load_state_strict(create_model(cfg.teacher, num_classes=num_classes),
+                                               weights["teacher"][0], weights["teacher"][1]["path"])
         teacher, teacher_info = teacher.to(device), {"source": "run", **weights["teacher"][1]}
     else:
         teacher, teacher_info = teachers.get_teacher(cfg, num_classes, device, train_teacher)
@@ -175,7 +194,7 @@ def run_one(paper: Paper, cfg: RunConfig, *, device: torch.device, resume: bool 
         log(f"teacher {cfg.teacher}: top1 {teacher_info['measured_top1']:.2f} ({teacher_info['source']})")
     student = create_model(cfg.student, num_classes=num_classes)
     if "init" in weights:
-        student.load_state_dict(weights["init"][0], strict=True)
+        checkpoint.load_state_strict(student, weights["init"][0], weights["init"][1]["path"])
     student = student.to(device, memory_format=memory_format)
     data = DataInfo(num_samples=train_loader.num_samples, num_classes=num_classes, image_size=image_size,
                     train_labels=train_loader.labels, dataset=cfg.dataset,

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import atomic_write_json
+from .errors import UsageError
 
 SCHEMA = 1
 REQUIRED = ("paper", "method", "dataset", "teacher", "student", "pair", "preset", "seed", "epochs",
@@ -47,13 +48,32 @@ def write(record: dict, root: Path | None = None) -> Path:
     return path
 
 
+def read_json(path: Path, what: str) -> dict:
+    """A JSON object kdbench wrote (``what``: "results record", ...). One that cannot be read is a
+    one-line error naming it: a leaderboard or check that silently left a run out would be wrong."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON, or bytes that are not UTF-8
+        raise UsageError(f"{what} {path} is unreadable ({exc}); delete it or write it again") from None
+    if not isinstance(obj, dict):
+        raise UsageError(f"{what} {path} holds a JSON {type(obj).__name__}, not an object; delete it or write it again")
+    return obj
+
+
 def load_all(root: Path | None = None) -> list[dict]:
-    """Every record under ``root``, each with ``_path`` set to where it was read from."""
+    """Every record under ``root``, each with ``_path`` set to where it was read from. A record that is
+    damaged, of another schema or incomplete stops the reader with one line naming it (a temporary file
+    of an interrupted write, ``.seed0.json.<random>.tmp``, is not a record and is not read)."""
     root = Path(root or results_root())
     out = []
     for path in sorted(root.glob("*/*/*/seed*.json")):
-        with open(path) as fh:
-            rec = json.load(fh)
+        rec = read_json(path, "results record")
+        if rec.get("schema") != SCHEMA:
+            raise UsageError(f"results record {path} has schema {rec.get('schema')!r}; this kdbench reads schema "
+                             f"{SCHEMA}: re-run it or move it out of {root}")
+        missing = [k for k in REQUIRED if k not in rec]
+        if missing:
+            raise UsageError(f"results record {path} lacks {missing}; re-run it or move it out of {root}")
         rec["_path"] = str(path)
         out.append(rec)
     return out

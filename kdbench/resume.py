@@ -29,10 +29,12 @@ from pathlib import Path
 import torch
 
 from . import checkpoint, distributed, rng
+from .errors import CheckpointError
 
 
-def load(ckpt_path: Path, identity: str | None, device, log) -> dict | None:
-    """The checkpoint to resume from, or None (none yet, or of another config: then start afresh)."""
+def load(ckpt_path: Path, identity: str | None, device, log, distiller: torch.nn.Module) -> dict | None:
+    """The checkpoint to resume from, or None (none yet, or of another config: then start afresh). A
+    damaged one, or one of this config whose weights do not fit, is a one-line CheckpointError."""
     if not Path(ckpt_path).exists():
         return None
     saved = checkpoint.load(ckpt_path, map_location=device)
@@ -40,16 +42,18 @@ def load(ckpt_path: Path, identity: str | None, device, log) -> dict | None:
         log(f"{ckpt_path} is of another config (digest {saved.get('identity')}, this run {identity}): "
             f"starting afresh")
         return None
-    return saved
+    return checkpoint.check_resume(saved, distiller, ckpt_path)
 
 
 def restore(saved: dict, distiller: torch.nn.Module, optimizer, ckpt_path: Path) -> dict:
     """Put weights, optimizer and generators back as they were at the end of the checkpoint's epoch;
     return the trainer state."""
-    missing, unexpected = distiller.load_state_dict(saved["model"], strict=False)
-    if unexpected or any(not k.startswith("teacher.") for k in missing):
-        raise RuntimeError(f"checkpoint {ckpt_path} does not match this run: {missing or unexpected}")
-    optimizer.load_state_dict(saved["optimizer"])
+    distiller.load_state_dict(saved["model"], strict=False)  # keys and shapes checked by load()
+    try:
+        optimizer.load_state_dict(saved["optimizer"])
+    except (ValueError, KeyError) as exc:  # parameter groups of another method or stage
+        raise CheckpointError(f"checkpoint {ckpt_path} holds an optimizer of another run ({exc}); delete it "
+                              "or run without --resume") from None
     if "rng" in saved:
         rng.restore(saved["rng"], distiller)
     if "teacher_cache" in saved and distiller.logit_cache is not None:

@@ -24,8 +24,9 @@ def train_and_install(model: str, preset: str = "paper", device=None, overrides:
         paper = Paper(paper.id, paper.folder, spec)
     (cfg,) = plan(paper, preset, [model], [0], overrides or {})
     record = run_one(paper, cfg, device=pick_device(device))
-    saved = checkpoint.load(Path(record["run_dir"]) / "checkpoint-main.pt")
-    state = {k[len("student."):]: v for k, v in saved["model"].items() if k.startswith("student.")}
+    ckpt = Path(record["run_dir"]) / "checkpoint-main.pt"
+    saved = checkpoint.section(checkpoint.load(ckpt), "model", ckpt)
+    state = {k[len("student."):]: v for k, v in saved.items() if k.startswith("student.")}
     path = local_teacher_path(model)
     checkpoint.atomic_save({"model": state, "epoch": record["epochs"], "accuracy": record["last_top1"]}, path)
     return path

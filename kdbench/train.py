@@ -82,7 +82,7 @@ def fit(distiller: Distiller, train_loader, test_loader, cfg: TrainConfig, *, ru
     ckpt_path, log_path = Path(run_dir) / f"checkpoint-{stage}.pt", Path(run_dir) / f"log-{stage}.jsonl"
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     state = {"epoch": 0, "best_top1": -1.0, "best_epoch": 0, "history": []}
-    saved = resuming.load(ckpt_path, identity, device, log) if resume else None
+    saved = resuming.load(ckpt_path, identity, device, log, distiller) if resume else None
     if saved is not None:  # weights, optimizer, random generators as at the end of the saved epoch
         state = resuming.restore(saved, distiller, optimizer, ckpt_path)
         log(f"resumed {stage} from epoch {state['epoch']}")

@@ -23,16 +23,25 @@ from torch import nn
 
 from . import checkpoint
 from .config import RunConfig, UpstreamRun
+from .errors import CheckpointError
 from .teachers import sha256
 from .train import kept_path
 
 COMPLETE = "complete.json"
 
 
+def weights_files(run_dir: Path) -> list[Path]:
+    """The files a downstream run may take weights from: the last checkpoint and the kept weights of
+    the main stage (see :func:`weights_file`)."""
+    return sorted(Path(run_dir).glob("checkpoint-main.pt")) + sorted(Path(run_dir).glob("student-main-*.pt"))
+
+
 def mark_complete(run_dir: Path, cfg: RunConfig, record: dict, record_path: Path) -> None:
-    """Written last by a run: the config digest it completed and where its record is."""
+    """Written last by a run: the config digest it completed, where its record is, and the sha256 of
+    every weights file a downstream run may use, so that a file replaced afterwards is noticed."""
     checkpoint.atomic_write_json({"digest": cfg.digest(), "record": str(record_path),
-                                  "best_top1": record["best_top1"], "last_top1": record["last_top1"]},
+                                  "best_top1": record["best_top1"], "last_top1": record["last_top1"],
+                                  "weights": {p.name: sha256(p) for p in weights_files(run_dir)}},
                                  Path(run_dir) / COMPLETE)
 
 
@@ -41,7 +50,13 @@ def completed(run_dir: Path, cfg: RunConfig) -> dict | None:
     path = Path(run_dir) / COMPLETE
     if not path.exists():
         return None
-    note = json.loads(path.read_text())
+    try:
+        note = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"completion note {path} is unreadable ({exc}); delete {run_dir} to retrain "
+                              "that run") from None
+    if not isinstance(note, dict):
+        raise CheckpointError(f"completion note {path} is not a kdbench note; delete {run_dir} to retrain that run")
     return note if note.get("digest") == cfg.digest() else None
 
 
@@ -54,13 +69,19 @@ def student_weights(run_dir: Path, up: UpstreamRun, note: dict) -> tuple[dict[st
     run's completion note)."""
     path = weights_file(run_dir, up)
     if not path.exists():
-        raise RuntimeError(f"upstream run {up.pair} completed but {path} is missing; delete {run_dir} to retrain it")
+        raise CheckpointError(f"upstream run {up.pair} completed but {path} is missing; delete {run_dir} to retrain it")
+    digest = sha256(path)
+    recorded = (note.get("weights") or {}).get(path.name)  # notes written before digests were kept have none
+    if recorded is not None and recorded != digest:
+        raise CheckpointError(f"upstream run {up.pair}: {path} was replaced after the run completed (sha256 "
+                              f"{digest}, recorded {recorded} in {Path(run_dir) / COMPLETE}); delete {run_dir} "
+                              "to retrain it")
     saved = checkpoint.load(path)
-    state = saved["model"]
+    state = checkpoint.section(saved, "model", path)
     if up.checkpoint == "last":  # the trainer's checkpoint holds the whole distiller: keep the student
         state = {k[len("student."):]: v for k, v in state.items() if k.startswith("student.")}
     top1 = saved.get("top1") if up.checkpoint != "last" else note.get("last_top1")
-    info = {"pair": up.pair, "checkpoint": up.checkpoint, "path": str(path), "sha256": sha256(path),
+    info = {"pair": up.pair, "checkpoint": up.checkpoint, "path": str(path), "sha256": digest,
             "config_digest": up.config.digest(), "record": note.get("record"), "top1": top1}
     return state, info
 
@@ -80,12 +101,14 @@ def ensure_upstream(up: UpstreamRun, run_dir_of, train, log) -> tuple[dict[str, 
 
 class LogitEnsemble(nn.Module):
     """A teacher made of several trained students (``teacher_from: [pair, ...]``): the mean of their
-    logits. Each member is loaded strictly from its upstream weights."""
+    logits. Each member is loaded strictly from its upstream weights (``paths``: the files they came
+    from, named if they do not fit)."""
 
-    def __init__(self, members: list[nn.Module], states: list[dict]):
+    def __init__(self, members: list[nn.Module], states: list[dict], paths: list | None = None):
         super().__init__()
-        for model, state in zip(members, states, strict=True):
-            model.load_state_dict(state, strict=True)
+        paths = paths or [f"of ensemble member {i}" for i in range(len(members))]
+        for model, state, path in zip(members, states, paths, strict=True):
+            checkpoint.load_state_strict(model, state, path)
         self.members = nn.ModuleList(members)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,20 @@ class DatasetUnavailable(Unavailable):
     """A dataset is not on disk and cannot be obtained; the message is one line saying what to do."""
 
 
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first: what a download into
+    ``folder`` creates, and :func:`remove_empty` removes again if it fails."""
+    folder = Path(folder)
+    return [p for p in (folder, *folder.parents) if not p.exists()]
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove those of ``folders`` (deepest first) that are empty: a failed download leaves nothing."""
+    for path in folders:
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+
+
 def data_root() -> Path:
     """``$KDBENCH_DATA`` if set (and non-empty), else ``~/.cache/kdbench/data``."""
     env = os.environ.get("KDBENCH_DATA")

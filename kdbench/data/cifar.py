@@ -30,7 +30,7 @@ from struct import pack
 import numpy as np
 import torch
 
-from . import DatasetUnavailable, data_root
+from . import DatasetUnavailable, data_root, missing_folders, remove_empty
 
 
 @dataclass(frozen=True)
@@ -223,7 +223,8 @@ def source(name: str) -> dict:
 _VERIFIED: dict[tuple, bool] = {}  # (path, size, mtime) -> md5 ok; a file is hashed once per process
 
 
-def _intact(path: Path, md5: str) -> bool:
+def intact(path: Path, md5: str) -> bool:
+    """``path`` exists and has this md5 (hashed once per process while its size and mtime stay)."""
     from torchvision.datasets.utils import check_integrity
     try:
         st = path.stat()
@@ -237,7 +238,7 @@ def _intact(path: Path, md5: str) -> bool:
 
 def is_complete(folder: Path, name: str) -> bool:
     src = source(name)
-    return all(_intact(Path(folder) / src["folder"] / f, md5) for f, md5 in src["files"].items())
+    return all(intact(Path(folder) / src["folder"] / f, md5) for f, md5 in src["files"].items())
 
 
 DOWNLOAD_TIMEOUT = 60.0  # seconds without progress before a download is abandoned
@@ -278,6 +279,7 @@ def ensure_cifar(name: str, root: Path | None = None, download: bool = True) -> 
     if not download:
         raise _unavailable(name, folder, "downloading is disabled")
     src = source(name)
+    created = missing_folders(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         download_url(src["url"], str(folder), src["filename"], src["md5"])
@@ -293,8 +295,7 @@ def ensure_cifar(name: str, root: Path | None = None, download: bool = True) -> 
                 shutil.rmtree(target)
             os.replace(Path(tmp) / src["folder"], target)
     except _DOWNLOAD_ERRORS as exc:
-        if folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()  # leave no empty folder behind
+        remove_empty(created)  # leave no empty folder behind (nor the data root, if it was not there)
         raise _unavailable(name, folder, f"{type(exc).__name__}: {exc}") from None
     if not is_complete(folder, name):
         raise _unavailable(name, folder, "files do not match their md5 after extraction")

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import DatasetUnavailable, data_root
+from . import DatasetUnavailable, data_root, missing_folders, remove_empty
 
 RAW = Path("MNIST", "raw")  # torchvision's raw_folder, relative to the dataset root
 FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -30,9 +30,10 @@ UBYTE = 0x08
 
 
 # ----------------------------------------------------------------------------------------- idx files
-def find(base: Path, name: str) -> Path | None:
-    """``base/name`` if present, else ``base/name.gz``, else None."""
-    for path in (Path(base) / name, Path(base) / f"{name}.gz"):
+def find(base: Path, name: str, compressed: bool = False) -> Path | None:
+    """``base/name`` if present, else ``base/name.gz``, else None (``compressed``: only ``name.gz``)."""
+    for candidate in ([f"{name}.gz"] if compressed else [name, f"{name}.gz"]):
+        path = Path(base) / candidate
         if path.is_file():
             return path
     return None
@@ -74,11 +75,12 @@ def write_idx(array: np.ndarray, path: Path) -> None:
     Path(path).write_bytes(data)
 
 
-def read_split(folder: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def read_split(folder: Path, train: bool, compressed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The train (else test) split from ``folder`` (which holds ``MNIST/raw/``) -> uint8 ``N x 1 x 28 x 28``
-    contiguous, int64 ``N`` (CPU tensors)."""
+    contiguous, int64 ``N`` (CPU tensors). ``compressed``: from the ``.gz`` files only (the real
+    dataset's archives, whose md5 is known)."""
     base = Path(folder) / RAW
-    paths = [find(base, name) for name in FILES[train]]
+    paths = [find(base, name, compressed) for name in FILES[train]]
     missing = [name for name, path in zip(FILES[train], paths) if path is None]
     if missing:
         raise FileNotFoundError(f"{base}: missing {', '.join(missing)} (or .gz)")
@@ -110,8 +112,22 @@ def write_dataset(folder: Path, train: tuple, test: tuple) -> None:
 
 
 # ----------------------------------------------------------------------------------------- download
+def md5s() -> dict[str, str]:
+    """torchvision's md5 of the four archives, ``{"train-images-idx3-ubyte.gz": ..., ...}`` (a module
+    attribute so that tests can replace it)."""
+    from torchvision.datasets import MNIST
+    return dict(MNIST.resources)
+
+
+def damaged(folder: Path) -> list[str]:
+    """The archives under ``folder/MNIST/raw`` that are missing or do not match their md5. Checked on
+    every use, not only after a download: the real dataset is read from these verified archives."""
+    from .cifar import intact
+    return [name for name, md5 in md5s().items() if not intact(Path(folder) / RAW / name, md5)]
+
+
 def is_complete(folder: Path) -> bool:
-    return all(find(Path(folder) / RAW, name) is not None for names in FILES.values() for name in names)
+    return not damaged(folder)
 
 
 DOWNLOAD_TIMEOUT = 60.0  # seconds without progress before a download is abandoned
@@ -147,20 +163,24 @@ def ensure_mnist(root: Path | None = None, download_ok: bool = True) -> Path:
         return folder
     if not download_ok:
         raise _unavailable(folder, "downloading is disabled")
+    created = missing_folders(folder / RAW)  # what torchvision's download creates
     try:
         folder.mkdir(parents=True, exist_ok=True)
         download(folder)
     except (OSError, RuntimeError, EOFError) as exc:  # network/file errors; torchvision's md5 failure
+        remove_empty(created)  # leave no empty folder behind (nor the data root, if it was not there)
         raise _unavailable(folder, f"{type(exc).__name__}: {exc}") from None
-    if not is_complete(folder):
-        raise _unavailable(folder, "the download left incomplete files")
+    bad = damaged(folder)
+    if bad:  # torchvision does not download again while the extracted files exist
+        raise _unavailable(folder, f"{', '.join(bad)} missing or not matching its md5 after the download; "
+                                   f"delete {folder / RAW} to download it again")
     return folder
 
 
 def load_mnist(train: bool, root: Path | None = None, download: bool = True):
-    """The official split of MNIST via :func:`read_split`."""
-    return read_split(ensure_mnist(root, download), train)
+    """The official split of MNIST via :func:`read_split`, from its md5-verified archives."""
+    return read_split(ensure_mnist(root, download), train, compressed=True)
 
 
-__all__ = ["FILES", "RAW", "download", "ensure_mnist", "find", "idx_bytes", "load_mnist", "read_idx",
+__all__ = ["FILES", "RAW", "damaged", "download", "ensure_mnist", "find", "idx_bytes", "load_mnist", "md5s", "read_idx",
            "read_split", "write_dataset", "write_idx"]

@@ -17,8 +17,11 @@ Other rows (third-party transcriptions, independent re-runs) keep their cells as
 from __future__ import annotations
 
 import csv
+import io
 import sys
 from pathlib import Path
+
+from kdbench.checkpoint import atomic_write_text
 
 REFERENCE = Path("/work/shared/reference/reported_seed_papers.csv")
 OUT = Path(__file__).with_name("reported.csv")
@@ -49,10 +52,11 @@ def main(reference: Path = REFERENCE, out: Path = OUT) -> list[dict]:
         reader = csv.DictReader(fh)
         fields = reader.fieldnames
         rows = [rename(r) for r in reader if r["paper_arxiv"] == ARXIV or r["source"].startswith(OFFICIAL)]
-    with open(out, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)  # csv default \r\n, as the reference table
-        writer.writeheader()
-        writer.writerows(rows)
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=fields)  # csv default \r\n, as the reference table
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(buf.getvalue(), out)  # an interrupted run never leaves a truncated table
     return rows
 
 
