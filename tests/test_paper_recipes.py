@@ -126,7 +126,7 @@ def test_paper_published_teacher_loads_strictly_with_key_and_prefix(sandbox):
     torch.testing.assert_close(model(x), original(x))
     assert info["reported_top1"] == 70.0 and info["url"] == remote.as_uri()
     assert (sandbox / "data" / "teachers" / "papers" / "resnet8_own.pt").exists()
-    with pytest.raises(RuntimeError, match="Missing key|Unexpected key"):
+    with pytest.raises(RuntimeError, match=r"does not fit ResNet.*carry a 'module\.' prefix \(strip_prefix\)"):
         teachers.load_paper_checkpoint("resnet8", {**spec, "strip_prefix": None}, 100, torch.device("cpu"))
     bad = {**spec, "file": "other.pt", "sha256": "0" * 64}
     with pytest.raises(RuntimeError, match="checksum mismatch"):
