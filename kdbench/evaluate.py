@@ -59,9 +59,13 @@ def count_macs(model: nn.Module, input_shape=(1, 3, 32, 32)) -> int:
 
 
 def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's architecture, the vector instruction set PyTorch's kernels use on it
+    (``AVX512``, ``AVX2``, ...: it changes float rounding, so CPUs that differ in it train a short smoke
+    run to different numbers) and the thread count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu:{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+    return (f"cpu:{platform.processor() or platform.machine()} {torch.backends.cpu.get_cpu_capability()} "
+            f"({torch.get_num_threads()} threads)")
 
 
 @torch.no_grad()

@@ -68,14 +68,14 @@ def test_committed_results_pass(tmp_path):
     """`make check` on the repository's own committed results exits 0."""
     results = tmp_path / "results"
     if (REPO / "results").exists():
-        shutil.copytree(REPO / "results", results)
+        shutil.copytree(REPO / "results", results, ignore=shutil.ignore_patterns(".*.tmp"))  # a record being written
     assert run_check(results, out=io.StringIO()) == 0
 
 
 def test_committed_smoke_record_tampered_fails(tmp_path):
     records = sorted((REPO / "results").glob("dkd/smoke/*/seed*.json"))
     assert records, "the DKD smoke record is committed"
-    shutil.copytree(REPO / "results", tmp_path / "results")
+    shutil.copytree(REPO / "results", tmp_path / "results", ignore=shutil.ignore_patterns(".*.tmp"))
     target = tmp_path / "results" / records[0].relative_to(REPO / "results")
     rec = json.loads(target.read_text())
     rec["best_top1"] -= 20.0
@@ -83,3 +83,34 @@ def test_committed_smoke_record_tampered_fails(tmp_path):
     out = io.StringIO()
     assert run_check(tmp_path / "results", out=out) == 1
     assert f"FAIL dkd/smoke/{rec['pair']}" in out.getvalue()
+
+
+def test_smoke_references_are_kept_per_device(sandbox, record_factory, monkeypatch):
+    """A smoke run on a CPU with other vector kernels lands several points away: each device keeps its
+    own reference; a record is held to its device's, or, for a device never blessed, the closest."""
+    import kdbench.check as check
+    results = sandbox / "results"
+    avx2, avx512 = "cpu:x86_64 AVX2 (2 threads)", "cpu:x86_64 AVX512 (2 threads)"
+    monkeypatch.setattr(check, "SMOKE_REFERENCE", "smoke_reference.test.json")
+    try:
+        write_record(results, {**record_factory(preset="smoke", pair="resnet20-resnet8", best=40.0), "device": avx2})
+        bless_smoke(results, papers=["dkd"])
+        write_record(results, {**record_factory(preset="smoke", pair="resnet20-resnet8", best=47.0), "device": avx512})
+        (ref,) = bless_smoke(results, papers=["dkd"])
+        refs = json.loads(ref.read_text())["smoke"]["resnet20-resnet8"]["0"]
+        assert [(r["device"], r["best_top1"]) for r in refs] == [(avx2, 40.0), (avx512, 47.0)]
+        (ref,) = bless_smoke(results, papers=["dkd"])  # blessing again replaces this device's, keeps the other
+        assert len(json.loads(ref.read_text())["smoke"]["resnet20-resnet8"]["0"]) == 2
+
+        def status(best, device):
+            write_record(results, {**record_factory(preset="smoke", pair="resnet20-resnet8", best=best), "device": device})
+            row = rows_for(results, preset="smoke")[("smoke", "resnet20-resnet8")]
+            return row["status"], row["detail"]
+        assert status(46.0, avx512)[0] == "ok"
+        assert status(41.0, avx512)[0] == "FAIL"  # within 5 of the AVX2 reference, but not its own device's
+        assert status(41.0, avx2)[0] == "ok"
+        ok, detail = status(43.0, "cpu:aarch64 DEFAULT (4 threads)")  # never blessed: the closest reference
+        assert ok == "ok" and "vs smoke reference 40.00 of " + avx2 + ", none blessed for cpu:aarch64" in detail
+        assert status(30.0, "cpu:aarch64 DEFAULT (4 threads)")[0] == "FAIL"
+    finally:
+        (REPO / "reproductions" / "dkd" / "smoke_reference.test.json").unlink(missing_ok=True)
