@@ -22,8 +22,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 reproduce: setup
 	$(PY) -m kdbench reproduce $(PAPER) --preset $(PRESET) $(if $(PAIR),--pair $(PAIR)) --seeds $(SEEDS) $(ARGS)
 
+# one test worker per core (pytest-xdist; the tests of a file stay on one worker), each on one thread
 test: setup
-	$(PY) -m pytest $(ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -n auto --dist loadfile $(ARGS)
 
 leaderboard: setup
 	$(PY) -m kdbench leaderboard
