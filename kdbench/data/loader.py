@@ -253,8 +253,8 @@ class DeviceLoader(EpochBatches):
         left = torch.where(flip, 2 * self.padding - left, left)
         return self._gather(flip.long(), idx, top, left)
 
-    def _rotate(self, x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-        if not self.rotation:
+    def _rotate(self, x: torch.Tensor, angles: torch.Tensor | None) -> torch.Tensor:
+        if angles is None:
             return x
         x = rotate_nearest(x, angles.tolist())
         return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
@@ -301,27 +301,26 @@ class DeviceLoader(EpochBatches):
         left = torch.where(flips, 2 * self.padding - plan["offsets"][order, 1], plan["offsets"][order, 1])
         nb = self.device.type == "cuda"
         views = self.view_ids(plan["offsets"][order], flips)
-        angles = plan["angles"][order] if self.rotation else torch.zeros(len(order))
-        draws = [order, flips.long(), top, left, views, angles]
+        draws = [order, flips.long(), top, left, views]
+        angles = [plan["angles"][order]] if self.rotation else [None]  # per epoch position, kept on the CPU
         if self.same_class_pairs:  # the partners' own draws, per epoch position like the anchors'
             p_flips, p_offsets = plan["partner_flips"], plan["partner_offsets"]
             p_left = torch.where(p_flips, 2 * self.padding - p_offsets[:, 1], p_offsets[:, 1])
-            p_angles = plan["partner_angles"] if self.rotation else angles
-            draws += [plan["partners"], p_flips.long(), p_offsets[:, 0], p_left, self.view_ids(p_offsets, p_flips),
-                      p_angles]
+            draws += [plan["partners"], p_flips.long(), p_offsets[:, 0], p_left, self.view_ids(p_offsets, p_flips)]
+            angles.append(plan["partner_angles"] if self.rotation else None)
         if self.world > 1:
             pick = torch.arange(self.rank, self.world * n, self.world)
             draws = [t[pick] for t in draws]
-        angle_lists = [draws[5]] + ([draws[11]] if self.same_class_pairs else [])  # stay on the CPU
+            angles = [a if a is None else a[pick] for a in angles]
         draws = [t.to(self.device, non_blocking=nb) for t in draws]
         for start in range(0, stop, bs):
             batch = [t[start:start + bs] for t in draws]
+            turns = [a if a is None else a[start:start + bs] for a in angles]
             idx, views = batch[0], batch[4]
-            x = self._rotate(self._gather(batch[1], idx, batch[2], batch[3]), angle_lists[0][start:start + bs])
+            x = self._rotate(self._gather(batch[1], idx, batch[2], batch[3]), turns[0])
             if self.same_class_pairs:
-                idx, views = torch.cat([idx, batch[6]]), torch.cat([views, batch[10]])
-                x = torch.cat([x, self._rotate(self._gather(batch[7], batch[6], batch[8], batch[9]),
-                                               angle_lists[1][start:start + bs])])
+                idx, views = torch.cat([idx, batch[5]]), torch.cat([views, batch[9]])
+                x = torch.cat([x, self._rotate(self._gather(batch[6], batch[5], batch[7], batch[8]), turns[1])])
             yield self._normalise(x), self.labels[idx], idx, (None if self.rotation else views)
 
     def __repr__(self) -> str:
