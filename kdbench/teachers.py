@@ -89,10 +89,13 @@ def _record(files: dict[str, str], archives: dict[str, str] | None = None) -> No
 
 
 def _trusted(path: Path, pinned: str | None = None) -> tuple[str, bool]:
-    """(sha256, known) of a downloaded teacher file: checked against its ``pinned`` digest, else against
+    """(sha256, known) of a teacher file. One trained here (under ``local/``) is taken as it is; a
+    downloaded one is checked against its ``pinned`` digest, else against
     the digest the manifest recorded when the file was first obtained (trust on first use). ``known``
     is False for a file the manifest has no entry for (placed by hand or extracted by an older
     kdbench): the caller records it once it has loaded."""
+    if path.is_relative_to(teacher_dir() / "local"):  # written here: the CRC-32 check of load covers it
+        return sha256(path), True
     if pinned is not None:
         return _verify(path, pinned), True
     digest = sha256(path)
@@ -172,8 +175,7 @@ def load_published(arch: str, num_classes: int, device) -> tuple[torch.nn.Module
         model = create_model(arch, num_classes=num_classes, pretrained=True)
         return model.to(device), {"source": "published", "weights": f"{arch} pretrained"}
     path = published_checkpoint(arch)
-    local = path.is_relative_to(teacher_dir() / "local")  # written here: the CRC-32 check of load covers it
-    digest, known = (sha256(path), True) if local else _trusted(path)
+    digest, known = _trusted(path)
     state = checkpoint.load(path)
     model = checkpoint.load_state_strict(create_model(arch, num_classes=num_classes),
                                          checkpoint.section(state, "model", path), path)
@@ -215,8 +217,7 @@ def load_paper_checkpoint(arch: str, spec: dict, num_classes: int, device) -> tu
     """Load ``spec``'s checkpoint strictly into the zoo's ``arch`` (``state_key`` selects the state dict
     inside the file, ``strip_prefix`` removes e.g. DataParallel's ``module.``)."""
     path = paper_checkpoint(spec)
-    local = path.is_relative_to(teacher_dir() / "local")
-    digest, known = (sha256(path), True) if local else _trusted(path, spec.get("sha256"))
+    digest, known = _trusted(path, spec.get("sha256"))
     state = checkpoint.load(path)
     if spec.get("state_key"):
         state = checkpoint.section(state, spec["state_key"], path)
