@@ -65,15 +65,16 @@ class TeacherLogitCache:
     def fits(self) -> bool:
         return self.nbytes <= SAFETY * free_bytes(self.device)
 
-    def allocated(self) -> int:
-        return 0 if self.logits is None else self.nbytes
+    def _allocate(self) -> None:
+        """The table, on first use (a filled lookup or entries read back on resume)."""
+        if self.logits is None:
+            self.logits = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+            self.filled = torch.zeros(self.shape[:2], dtype=torch.bool, device=self.device)
 
     def lookup(self, teacher, images: torch.Tensor, indices: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
         """The teacher's logits of ``images`` (sample ``indices``, augmented ``views``); misses are computed
         with ``teacher(images[miss])`` and stored."""
-        if self.logits is None:
-            self.logits = torch.empty(self.shape, dtype=self.dtype, device=self.device)
-            self.filled = torch.zeros(self.shape[:2], dtype=torch.bool, device=self.device)
+        self._allocate()
         miss = ~self.filled[indices, views]
         n_miss = int(miss.sum())
         if n_miss:
@@ -101,9 +102,7 @@ class TeacherLogitCache:
         """Add the entries of files written by :meth:`save_new`."""
         for path in paths:
             saved = checkpoint.load(path)
-            if self.logits is None:
-                self.logits = torch.empty(self.shape, dtype=self.dtype, device=self.device)
-                self.filled = torch.zeros(self.shape[:2], dtype=torch.bool, device=self.device)
+            self._allocate()
             rows, views = saved["rows"].to(self.device), saved["views"].to(self.device)
             self.logits[rows, views] = saved["logits"].to(self.device, self.dtype)
             self.filled[rows, views] = True
