@@ -173,16 +173,10 @@ def load_state_strict(model: nn.Module, state, path) -> nn.Module:
     return model
 
 
-def load_resume(path, distiller: nn.Module, map_location="cpu") -> dict:
-    """A trainer checkpoint for ``--resume``, loaded as :func:`load`, that must hold the trainer's
-    sections and weights fitting ``distiller`` (all but the frozen teacher, which is reloaded from its
-    own file); one of another run or recipe is one line naming the file."""
-    return check_resume(load(path, map_location), distiller, path)
-
-
 def check_resume(saved: dict, distiller: nn.Module, path) -> dict:
-    """``saved`` (a loaded trainer checkpoint) if it has the trainer's sections and weights fitting
-    ``distiller``; else one line naming the file (:class:`CheckpointError`)."""
+    """``saved`` (a trainer checkpoint loaded by :func:`load`, for ``--resume``) if it holds the trainer's
+    sections and weights fitting ``distiller`` (all but the frozen teacher, which is reloaded from its own
+    file); one of another run or recipe is one line naming the file (:class:`CheckpointError`)."""
     for key in ("model", "optimizer", "trainer"):
         section(saved, key, path)
     expected = {k: v for k, v in distiller.state_dict().items() if not k.startswith("teacher.")}
