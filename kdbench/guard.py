@@ -36,9 +36,6 @@ import torch
 from . import distributed
 from .errors import TrainingFailed
 
-MODES = ("stop", "skip")
-
-
 class NonFiniteGuard:
     """Per-stage bookkeeping of non-finite losses; ``state``: the trainer state (skip counts survive a resume)."""
 
