@@ -36,6 +36,7 @@ import torch
 from . import distributed
 from .errors import TrainingFailed
 
+
 class NonFiniteGuard:
     """Per-stage bookkeeping of non-finite losses; ``state``: the trainer state (skip counts survive a resume)."""
 
