@@ -223,7 +223,7 @@ def make_train(where: str, raw: dict) -> TrainConfig:
                         ("nonfinite", ("stop", "skip"))):
         if getattr(cfg, name) not in valid:
             raise UsageError(f"malformed config: {where}.{name}={getattr(cfg, name)!r}; choose from: {', '.join(valid)}")
-    if isinstance(cfg.max_skipped_steps, bool) or not isinstance(cfg.max_skipped_steps, int) or cfg.max_skipped_steps < 0:
+    if cfg.max_skipped_steps < 0:  # its type is checked above with every field's
         raise UsageError(f"malformed config: {where}.max_skipped_steps must be a non-negative integer")
     if cfg.channels_last not in {"auto", "on", "off"}:
         raise UsageError(f"malformed config: {where}.channels_last={cfg.channels_last!r}; choose from: auto, off, on")
