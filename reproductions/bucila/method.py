@@ -63,7 +63,8 @@ class MUNGECompression(Distiller):
     """The student trained on the real training split plus its MUNGE transfer set, all labelled by an
     ensemble trained here (``transfer: munge``), or on the real split alone (``transfer: none``)."""
 
-    def __init__(self, student, teacher=None, data: DataInfo | None = None, transfer: str = "munge", size_multiplier: int = 10, swap_prob: float = 0.5,
+    def __init__(self, student, teacher=None, data: DataInfo | None = None, transfer: str = "munge",
+                 size_multiplier: int = 10, swap_prob: float = 0.5,
                  local_variance: float = 10.0, ensemble: str = "random_forest", n_estimators: int = 500,
                  seed: int | None = None):
         if teacher is not None:
